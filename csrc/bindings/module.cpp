@@ -1,0 +1,276 @@
+// bindings/module.cpp: fusedrnn._C, the pybind11 face of the core. The only file that includes pybind11.
+//
+// It checks every array (dtype, rank, shape, strides, alignment, writability) before any pointer
+// reaches the core, turns core exceptions into ValueError / TypeError, and releases the GIL while
+// kernels run. The user-facing argument checks with friendlier names live in python/fusedrnn; these
+// are the last line of defence for anyone calling _C directly.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "../cpu/cell.h"
+#include "fusedrnn/fusedrnn.h"
+
+namespace py = pybind11;
+using namespace fusedrnn;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void check_dtype(const py::array& a, const char* name, DType dtype) {
+  const bool ok = dtype == DType::kFloat32 ? py::isinstance<py::array_t<float>>(a)
+                                           : py::isinstance<py::array_t<double>>(a);
+  FUSEDRNN_CHECK(ok, TypeError, name, ": expected dtype ", dtype_name(dtype), ", got ",
+                 std::string(py::str(a.dtype())));
+}
+
+void check_writable(const py::array& a, const char* name) {
+  FUSEDRNN_CHECK(a.writeable(), ValueError, name, ": expected a writable array, got a read-only one");
+}
+
+void check_aligned(const py::array& a, const char* name) {
+  FUSEDRNN_CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() == 0, ValueError, name,
+                 ": expected an array aligned to its element size");
+}
+
+struct Grid {
+  const void* ptr;
+  int64_t st, sn;
+};
+
+// A (T, N, width) sequence array with any row strides and contiguous features.
+Grid seq(const py::array& a, const char* name, DType dtype, int64_t T, int64_t N, int64_t width,
+         bool writable) {
+  check_dtype(a, name, dtype);
+  FUSEDRNN_CHECK(a.ndim() == 3 && a.shape(0) == T && a.shape(1) == N && a.shape(2) == width,
+                 ValueError, name, ": expected shape (", T, ", ", N, ", ", width, "), got ",
+                 shape_str(a));
+  if (writable) check_writable(a, name);
+  check_aligned(a, name);
+  const int64_t item = a.itemsize();
+  FUSEDRNN_CHECK(width <= 1 || a.strides(2) == item, ValueError, name,
+                 ": expected contiguous features (last stride ", item, " bytes), got ", a.strides(2));
+  FUSEDRNN_CHECK(a.strides(0) % item == 0 && a.strides(1) % item == 0, ValueError, name,
+                 ": expected strides that are multiples of the element size");
+  return {a.data(), a.strides(0) / item, a.strides(1) / item};
+}
+
+// A C-contiguous array of exactly `shape`, or None when optional.
+const void* dense(const py::object& o, const char* name, DType dtype, std::vector<int64_t> shape,
+                  bool writable, bool optional = true) {
+  if (o.is_none()) {
+    FUSEDRNN_CHECK(optional, ValueError, name, ": expected an array, got None");
+    return nullptr;
+  }
+  FUSEDRNN_CHECK(py::isinstance<py::array>(o), TypeError, name, ": expected a numpy array, got ",
+                 std::string(py::str(py::type::of(o))));
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  check_dtype(a, name, dtype);
+  bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t i = 0; same && i < shape.size(); ++i) same = a.shape(i) == shape[i];
+  std::string want = "(";
+  for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+  want += shape.size() == 1 ? ",)" : ")";
+  FUSEDRNN_CHECK(same, ValueError, name, ": expected shape ", want, ", got ", shape_str(a));
+  FUSEDRNN_CHECK(a.flags() & py::array::c_style, ValueError, name, ": expected a C-contiguous array");
+  if (writable) check_writable(a, name);
+  check_aligned(a, name);
+  return a.data();
+}
+
+void* scratch(const py::object& o, const char* name, std::size_t bytes) {
+  if (bytes == 0 && o.is_none()) return nullptr;
+  FUSEDRNN_CHECK(py::isinstance<py::array>(o), TypeError, name, ": expected a numpy array of ",
+                 bytes, " bytes");
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  FUSEDRNN_CHECK(a.flags() & py::array::c_style, ValueError, name, ": expected a C-contiguous array");
+  FUSEDRNN_CHECK(static_cast<std::size_t>(a.nbytes()) >= bytes, ValueError, name, ": expected at least ",
+                 bytes, " bytes, got ", a.nbytes());
+  FUSEDRNN_CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % 8 == 0, ValueError, name,
+                 ": expected 8-byte alignment");
+  check_writable(a, name);
+  return a.mutable_data();
+}
+
+std::vector<int64_t> state_shape(const Plan& p) {
+  return {p.desc.num_layers * p.desc.directions(), p.N, p.desc.hidden_size};
+}
+
+RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_size,
+                  int64_t num_layers, bool bidirectional, const std::string& dtype) {
+  RnnDesc d;
+  d.mode = parse_mode(mode);
+  d.input_size = input_size;
+  d.hidden_size = hidden_size;
+  d.num_layers = num_layers;
+  d.bidirectional = bidirectional;
+  d.dtype = parse_dtype(dtype);
+  validate(d);
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fusedrnn core: fused LSTM/GRU/RNN kernels (see fusedrnn for the Python API)";
+
+  py::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const fusedrnn::TypeError& err) {
+      PyErr_SetString(PyExc_TypeError, err.what());
+    } catch (const fusedrnn::ValueError& err) {
+      PyErr_SetString(PyExc_ValueError, err.what());
+    }
+  });
+
+  py::class_<Plan>(m, "Plan")
+      .def(py::init([](const std::string& mode, int64_t input_size, int64_t hidden_size,
+                       int64_t num_layers, bool bidirectional, const std::string& dtype, int64_t T,
+                       int64_t N, bool training) {
+             return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional, dtype),
+                              T, N, training);
+           }),
+           py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
+           py::arg("bidirectional"), py::arg("dtype"), py::arg("T"), py::arg("N"),
+           py::arg("training"))
+      .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
+      .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
+      .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
+      .def_property_readonly("hidden_size", [](const Plan& p) { return p.desc.hidden_size; })
+      .def_property_readonly("num_layers", [](const Plan& p) { return p.desc.num_layers; })
+      .def_property_readonly("bidirectional", [](const Plan& p) { return p.desc.bidirectional; })
+      .def_readonly("T", &Plan::T)
+      .def_readonly("N", &Plan::N)
+      .def_readonly("training", &Plan::training)
+      .def_readonly("chunk_t", &Plan::chunk_t)
+      .def_readonly("workspace_bytes", &Plan::workspace_bytes)
+      .def_readonly("reserve_bytes", &Plan::reserve_bytes)
+      .def_property_readonly("executor", [](const Plan&) { return std::string("loop"); })
+      .def_property_readonly("isa", [](const Plan& p) { return std::string(p.kernels->isa); });
+
+  m.def("param_count",
+        [](const std::string& mode, int64_t input_size, int64_t hidden_size, int64_t num_layers,
+           bool bidirectional) {
+          return param_count(make_desc(mode, input_size, hidden_size, num_layers, bidirectional, "float32"));
+        },
+        py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
+        py::arg("bidirectional"));
+
+  m.def("param_layout",
+        [](const std::string& mode, int64_t input_size, int64_t hidden_size, int64_t num_layers,
+           bool bidirectional) {
+          py::list out;
+          for (const ParamPiece& p : param_layout(
+                   make_desc(mode, input_size, hidden_size, num_layers, bidirectional, "float32")))
+            out.append(py::make_tuple(p.layer, p.direction, p.is_bias, p.is_h2h, p.offset, p.rows,
+                                      p.cols));
+          return out;
+        },
+        py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
+        py::arg("bidirectional"),
+        "Pieces of the flat vector: (layer, direction, is_bias, is_h2h, offset, rows, cols).");
+
+  m.def("forward",
+        [](const Plan& p, const py::array& x, const py::array& w, const py::object& hx,
+           const py::object& cx, const py::array& y, const py::object& hy, const py::object& cy,
+           const py::object& workspace, const py::object& reserve) {
+          const DType dt = p.desc.dtype;
+          const bool lstm = p.desc.mode == Mode::kLstm;
+          ForwardArgs a;
+          const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
+          const Grid gy = seq(y, "y", dt, p.T, p.N, p.desc.directions() * p.desc.hidden_size, true);
+          a.x = gx.ptr, a.x_st = gx.st, a.x_sn = gx.sn;
+          a.y = const_cast<void*>(gy.ptr), a.y_st = gy.st, a.y_sn = gy.sn;
+          a.w = dense(w, "weights", dt, {param_count(p.desc)}, false, false);
+          a.hx = dense(hx, "hx", dt, state_shape(p), false);
+          a.cx = lstm ? dense(cx, "cx", dt, state_shape(p), false) : nullptr;
+          a.hy = const_cast<void*>(dense(hy, "hy", dt, state_shape(p), true));
+          a.cy = lstm ? const_cast<void*>(dense(cy, "cy", dt, state_shape(p), true)) : nullptr;
+          a.workspace = scratch(workspace, "workspace", p.workspace_bytes);
+          if (p.training) a.reserve = scratch(reserve, "reserve", p.reserve_bytes);
+          py::gil_scoped_release release;
+          forward(p, a);
+        },
+        py::arg("plan"), py::arg("x"), py::arg("w"), py::arg("hx"), py::arg("cx"), py::arg("y"),
+        py::arg("hy"), py::arg("cy"), py::arg("workspace"), py::arg("reserve"));
+
+  m.def("backward_data",
+        [](const Plan& p, const py::object& dy, const py::object& dhy, const py::object& dcy,
+           const py::array& w, const py::object& hx, const py::object& cx, const py::array& dx,
+           const py::object& dhx, const py::object& dcx, const py::object& workspace,
+           const py::object& reserve) {
+          const DType dt = p.desc.dtype;
+          const bool lstm = p.desc.mode == Mode::kLstm;
+          BackwardDataArgs a;
+          if (!dy.is_none()) {
+            const Grid g = seq(py::reinterpret_borrow<py::array>(dy), "dy", dt, p.T, p.N,
+                               p.desc.directions() * p.desc.hidden_size, false);
+            a.dy = g.ptr, a.dy_st = g.st, a.dy_sn = g.sn;
+          }
+          const Grid gdx = seq(dx, "dx", dt, p.T, p.N, p.desc.input_size, true);
+          a.dx = const_cast<void*>(gdx.ptr), a.dx_st = gdx.st, a.dx_sn = gdx.sn;
+          a.dhy = dense(dhy, "dhy", dt, state_shape(p), false);
+          a.dcy = lstm ? dense(dcy, "dcy", dt, state_shape(p), false) : nullptr;
+          a.w = dense(w, "weights", dt, {param_count(p.desc)}, false, false);
+          a.hx = dense(hx, "hx", dt, state_shape(p), false);
+          a.cx = lstm ? dense(cx, "cx", dt, state_shape(p), false) : nullptr;
+          a.dhx = const_cast<void*>(dense(dhx, "dhx", dt, state_shape(p), true));
+          a.dcx = lstm ? const_cast<void*>(dense(dcx, "dcx", dt, state_shape(p), true)) : nullptr;
+          a.workspace = scratch(workspace, "workspace", p.workspace_bytes);
+          a.reserve = scratch(reserve, "reserve", p.reserve_bytes);
+          py::gil_scoped_release release;
+          backward_data(p, a);
+        },
+        py::arg("plan"), py::arg("dy"), py::arg("dhy"), py::arg("dcy"), py::arg("w"), py::arg("hx"),
+        py::arg("cx"), py::arg("dx"), py::arg("dhx"), py::arg("dcx"), py::arg("workspace"),
+        py::arg("reserve"));
+
+  m.def("backward_weights",
+        [](const Plan& p, const py::array& x, const py::object& hx, const py::array& dw,
+           const py::object& workspace, const py::object& reserve) {
+          const DType dt = p.desc.dtype;
+          BackwardWeightsArgs a;
+          const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
+          a.x = gx.ptr, a.x_st = gx.st, a.x_sn = gx.sn;
+          a.hx = dense(hx, "hx", dt, state_shape(p), false);
+          a.dw = const_cast<void*>(dense(dw, "dw", dt, {param_count(p.desc)}, true, false));
+          a.workspace = scratch(workspace, "workspace", p.workspace_bytes);
+          a.reserve = scratch(reserve, "reserve", p.reserve_bytes);
+          py::gil_scoped_release release;
+          backward_weights(p, a);
+        },
+        py::arg("plan"), py::arg("x"), py::arg("hx"), py::arg("dw"), py::arg("workspace"),
+        py::arg("reserve"));
+
+  m.def("build_info", [] {
+    const BuildInfo b = build_info();
+    py::dict d;
+    d["version"] = b.version;
+    d["blas"] = b.blas;
+    d["blas_config"] = b.blas_config;
+    d["openmp"] = b.openmp;
+    d["openmp_max_threads"] = b.openmp_max_threads;
+    d["cuda"] = b.cuda;
+    d["compiler"] = b.compiler;
+    d["cxx_flags"] = b.cxx_flags;
+    d["simd"] = b.simd;
+    return d;
+  });
+
+  m.def("_activations",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+          py::array_t<float> sig(x.size()), th(x.size());
+          cpu::eval_activations(x.data(), sig.mutable_data(), th.mutable_data(), x.size());
+          return py::make_tuple(sig, th);
+        },
+        "float32 sigmoid and tanh of the selected kernels, for accuracy tests.");
+}

@@ -1,0 +1,113 @@
+// core/api.cpp: the public entry points: argument checks, the empty-sequence cases, and dispatch to
+// the plan's executor for the plan's dtype.
+#include <cstring>
+
+#include "executor.h"
+#include "fusedrnn/fusedrnn.h"
+
+namespace fusedrnn {
+
+namespace {
+
+void check_ptr(const void* ptr, const char* name) {
+  FUSEDRNN_CHECK(ptr != nullptr, ValueError, name, ": expected a buffer, got a null pointer");
+}
+
+// Row strides of a (T, N, width) grid: rows must not overlap.
+void check_grid(const char* name, int64_t T, int64_t N, int64_t width, int64_t st, int64_t sn) {
+  FUSEDRNN_CHECK(st >= 0 && sn >= 0, ValueError, name, ": expected non-negative strides, got (", st,
+                 ", ", sn, ")");
+  const int64_t kMax = 2147483647;
+  FUSEDRNN_CHECK(st <= kMax && sn <= kMax, ValueError, name, ": strides (", st, ", ", sn,
+                 ") exceed 32-bit BLAS indexing");
+  if (T <= 0 || N <= 0) return;
+  const bool rows_apart = (N == 1 || sn >= width) && (T == 1 || st >= width);
+  const bool disjoint = N == 1 || T == 1 || st >= N * sn || sn >= T * st;
+  FUSEDRNN_CHECK(rows_apart && disjoint, ValueError, name,
+                 ": rows overlap; expected strides (t, n) that separate ", T, " x ", N,
+                 " rows of ", width, " elements, got (", st, ", ", sn, ")");
+}
+
+void check_workspace(const Plan& p, void* ws) {
+  if (p.workspace_bytes) check_ptr(ws, "workspace");
+}
+
+template <typename T>
+void fill_state(void* out, const void* in, int64_t count) {
+  if (!out) return;
+  if (in) {
+    std::memcpy(out, in, sizeof(T) * count);
+  } else {
+    std::memset(out, 0, sizeof(T) * count);
+  }
+}
+
+template <typename Fn>
+void dispatch(DType dtype, Fn&& fn) {
+  if (dtype == DType::kFloat32) {
+    fn(float{});
+  } else {
+    fn(double{});
+  }
+}
+
+}  // namespace
+
+void forward(const Plan& p, const ForwardArgs& a) {
+  const int64_t D = p.desc.directions(), H = p.desc.hidden_size;
+  const int64_t state = p.desc.num_layers * D * p.N * H;
+  if (p.N == 0) return;
+  if (p.T == 0) {
+    dispatch(p.desc.dtype, [&](auto v) {
+      using T = decltype(v);
+      fill_state<T>(a.hy, a.hx, state);
+      if (p.desc.mode == Mode::kLstm) fill_state<T>(a.cy, a.cx, state);
+    });
+    return;
+  }
+  check_ptr(a.x, "x");
+  check_ptr(a.w, "weights");
+  check_ptr(a.y, "y");
+  check_grid("x", p.T, p.N, p.desc.input_size, a.x_st, a.x_sn);
+  check_grid("y", p.T, p.N, D * H, a.y_st, a.y_sn);
+  check_workspace(p, a.workspace);
+  if (p.training) check_ptr(a.reserve, "reserve");
+  dispatch(p.desc.dtype, [&](auto v) { loop::forward<decltype(v)>(p, a); });
+}
+
+void backward_data(const Plan& p, const BackwardDataArgs& a) {
+  FUSEDRNN_CHECK(p.training, ValueError,
+                 "plan: backward needs a plan made with training=true and its forward's reserve");
+  const int64_t D = p.desc.directions(), H = p.desc.hidden_size;
+  const int64_t state = p.desc.num_layers * D * p.N * H;
+  if (p.N == 0) return;
+  if (p.T == 0) {
+    dispatch(p.desc.dtype, [&](auto v) {
+      using T = decltype(v);
+      fill_state<T>(a.dhx, a.dhy, state);
+      if (p.desc.mode == Mode::kLstm) fill_state<T>(a.dcx, a.dcy, state);
+    });
+    return;
+  }
+  check_ptr(a.w, "weights");
+  check_ptr(a.dx, "dx");
+  check_ptr(a.reserve, "reserve");
+  check_workspace(p, a.workspace);
+  if (a.dy) check_grid("dy", p.T, p.N, D * H, a.dy_st, a.dy_sn);
+  check_grid("dx", p.T, p.N, p.desc.input_size, a.dx_st, a.dx_sn);
+  dispatch(p.desc.dtype, [&](auto v) { loop::backward_data<decltype(v)>(p, a); });
+}
+
+void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
+  FUSEDRNN_CHECK(p.training, ValueError,
+                 "plan: backward needs a plan made with training=true and its forward's reserve");
+  if (p.N == 0 || p.T == 0) return;
+  check_ptr(a.x, "x");
+  check_ptr(a.dw, "dw");
+  check_ptr(a.reserve, "reserve");
+  check_workspace(p, a.workspace);
+  check_grid("x", p.T, p.N, p.desc.input_size, a.x_st, a.x_sn);
+  dispatch(p.desc.dtype, [&](auto v) { loop::backward_weights<decltype(v)>(p, a); });
+}
+
+}  // namespace fusedrnn

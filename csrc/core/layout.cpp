@@ -1,0 +1,105 @@
+// core/layout.cpp: the flat parameter layout (MXNet FusedRNNCell order) and mode/dtype names.
+//
+// All weight matrices first, for each layer and direction: i2h (G*H, C_in) then h2h (G*H, H); then all
+// biases in the same order: i2h (G*H,), h2h (G*H,). This is the only place that computes offsets.
+#include <limits>
+
+#include "fusedrnn/fusedrnn.h"
+
+namespace fusedrnn {
+
+Mode parse_mode(const std::string& name) {
+  if (name == "lstm") return Mode::kLstm;
+  if (name == "gru") return Mode::kGru;
+  if (name == "rnn_tanh") return Mode::kRnnTanh;
+  if (name == "rnn_relu") return Mode::kRnnRelu;
+  throw ValueError("mode: expected one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu', got '" + name + "'");
+}
+
+std::string mode_name(Mode mode) {
+  switch (mode) {
+    case Mode::kLstm: return "lstm";
+    case Mode::kGru: return "gru";
+    case Mode::kRnnTanh: return "rnn_tanh";
+    case Mode::kRnnRelu: return "rnn_relu";
+  }
+  return "?";
+}
+
+DType parse_dtype(const std::string& name) {
+  if (name == "float32") return DType::kFloat32;
+  if (name == "float64") return DType::kFloat64;
+  throw TypeError("dtype: expected 'float32' or 'float64', got '" + name + "'");
+}
+
+std::string dtype_name(DType dtype) { return dtype == DType::kFloat32 ? "float32" : "float64"; }
+std::size_t dtype_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 8; }
+
+int num_gates(Mode mode) {
+  switch (mode) {
+    case Mode::kLstm: return 4;
+    case Mode::kGru: return 3;
+    default: return 1;
+  }
+}
+
+void validate(const RnnDesc& d) {
+  const int64_t kMaxDim = std::numeric_limits<int32_t>::max() / 8;
+  FUSEDRNN_CHECK(d.input_size >= 1 && d.input_size <= kMaxDim, ValueError,
+                 "input_size: expected an integer in [1, ", kMaxDim, "], got ", d.input_size);
+  FUSEDRNN_CHECK(d.hidden_size >= 1 && d.hidden_size <= kMaxDim, ValueError,
+                 "hidden_size: expected an integer in [1, ", kMaxDim, "], got ", d.hidden_size);
+  FUSEDRNN_CHECK(d.num_layers >= 1 && d.num_layers <= 1024, ValueError,
+                 "num_layers: expected an integer in [1, 1024], got ", d.num_layers);
+}
+
+namespace {
+int64_t weight_block(const RnnDesc& d, int64_t layer) {
+  const int64_t gh = num_gates(d.mode) * d.hidden_size;
+  return gh * (d.layer_input_size(layer) + d.hidden_size);
+}
+}  // namespace
+
+int64_t param_count(const RnnDesc& d) {
+  validate(d);
+  const int64_t gh = num_gates(d.mode) * d.hidden_size;
+  int64_t total = 0;
+  for (int64_t l = 0; l < d.num_layers; ++l) total += d.directions() * (weight_block(d, l) + 2 * gh);
+  return total;
+}
+
+LayerParams layer_param_offsets(const RnnDesc& d, int64_t layer, int direction) {
+  const int64_t gh = num_gates(d.mode) * d.hidden_size;
+  int64_t w = 0, all_w = 0;
+  for (int64_t l = 0; l < d.num_layers; ++l) {
+    if (l < layer) w += d.directions() * weight_block(d, l);
+    all_w += d.directions() * weight_block(d, l);
+  }
+  w += direction * weight_block(d, layer);
+  const int64_t index = layer * d.directions() + direction;
+  LayerParams p;
+  p.w_ih = w;
+  p.w_hh = w + gh * d.layer_input_size(layer);
+  p.b_ih = all_w + index * 2 * gh;
+  p.b_hh = p.b_ih + gh;
+  return p;
+}
+
+std::vector<ParamPiece> param_layout(const RnnDesc& d) {
+  validate(d);
+  const int64_t gh = num_gates(d.mode) * d.hidden_size;
+  std::vector<ParamPiece> weights, biases;
+  for (int64_t l = 0; l < d.num_layers; ++l) {
+    for (int dir = 0; dir < d.directions(); ++dir) {
+      const LayerParams p = layer_param_offsets(d, l, dir);
+      weights.push_back({l, dir, false, false, p.w_ih, gh, d.layer_input_size(l)});
+      weights.push_back({l, dir, false, true, p.w_hh, gh, d.hidden_size});
+      biases.push_back({l, dir, true, false, p.b_ih, gh, 1});
+      biases.push_back({l, dir, true, true, p.b_hh, gh, 1});
+    }
+  }
+  weights.insert(weights.end(), biases.begin(), biases.end());
+  return weights;
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,370 @@
+// core/loop_executor.cpp: the while-loop executor: a run-time loop over time steps.
+//
+// Per layer and direction, forward does one input-projection GEMM per chunk of steps (all T at once
+// when training, written straight into the reserve's gate area), then for every step one recurrent
+// GEMM (h_{t-1} W_hh^T) and one fused pointwise call. Backward-data walks the steps in reverse with
+// the fused gate-gradient kernel and one GEMM (dG W_hh) per step, then gets the layer's input gradient
+// from one large GEMM. Backward-weights is large GEMMs and column sums only. Nothing allocates: every
+// buffer is a region of the caller's workspace or reserve, laid out by make_plan.
+#include <cstring>
+
+#include "../cpu/blas.h"
+#include "../cpu/cell.h"
+#include "executor.h"
+#include "rows.h"
+
+namespace fusedrnn::loop {
+
+namespace {
+
+template <typename T>
+struct Net {
+  const Plan& p;
+  int64_t T_, N, H, G, GH, D, L, SH;
+  bool lstm, gru;
+  explicit Net(const Plan& plan)
+      : p(plan),
+        T_(plan.T),
+        N(plan.N),
+        H(plan.desc.hidden_size),
+        G(num_gates(plan.desc.mode)),
+        GH(G * plan.desc.hidden_size),
+        D(plan.desc.directions()),
+        L(plan.desc.num_layers),
+        SH(plan.gate_slots * plan.desc.hidden_size),
+        lstm(plan.desc.mode == Mode::kLstm),
+        gru(plan.desc.mode == Mode::kGru) {}
+
+  // Steps of direction `dir` in processing order: s-th step is time index t.
+  int64_t time_of(int dir, int64_t s) const { return dir == 0 ? s : T_ - 1 - s; }
+  // Time index of the step before t in processing order.
+  int64_t prev_of(int dir, int64_t t) const { return dir == 0 ? t - 1 : t + 1; }
+  Rows<T> grid(T* base) const { return {base, N * D * H, D * H}; }
+  Rows<T> slots(T* base) const { return {base, N * SH, SH}; }
+};
+
+// state (L*D, N, H) of one (layer, direction), or the shared zero row (row stride 0).
+template <typename T>
+const T* state_or_zero(const void* state, int64_t index, int64_t N, int64_t H, const T* zeros,
+                       int64_t* ld) {
+  if (state) {
+    *ld = H;
+    return static_cast<const T*>(state) + index * N * H;
+  }
+  *ld = 0;
+  return zeros;
+}
+
+template <typename T>
+void copy_rows(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t N, int64_t H) {
+  for (int64_t n = 0; n < N; ++n) std::memcpy(dst + n * ld_dst, src + n * ld_src, sizeof(T) * H);
+}
+
+// Folds b_ih + b_hh into one vector (G*H); GRU keeps its recurrent n-bias apart, after it (H).
+template <typename T>
+void fold_bias(const Net<T>& net, const T* b_ih, const T* b_hh, T* out) {
+  const int64_t fold = net.gru ? 2 * net.H : net.GH;
+  for (int64_t k = 0; k < fold; ++k) out[k] = b_ih[k] + b_hh[k];
+  if (net.gru) {
+    for (int64_t j = 0; j < net.H; ++j) {
+      out[2 * net.H + j] = b_ih[2 * net.H + j];
+      out[3 * net.H + j] = b_hh[2 * net.H + j];
+    }
+  }
+}
+
+// Writes the zero-filled stand-ins for absent states and gradients.
+template <typename T>
+T* zero_row(const Plan& p, T* ws) {
+  T* zeros = ws + p.ws.zeros;
+  std::memset(zeros, 0, sizeof(T) * std::max<int64_t>(p.gate_slots, 2) * p.desc.hidden_size);
+  return zeros;
+}
+
+}  // namespace
+
+template <typename T>
+void forward(const Plan& p, const ForwardArgs& a) {
+  const Net<T> net(p);
+  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L;
+  const auto& cell = p.kernels->get<T>();
+  T* ws = static_cast<T*>(a.workspace);
+  T* rs = static_cast<T*>(a.reserve);
+  const T* w = static_cast<const T*>(a.w);
+  const T* zeros = zero_row(p, ws);
+  T* bias = ws + p.ws.bias;
+  T* gh = ws + p.ws.gh;
+
+  for (int64_t l = 0; l < L; ++l) {
+    const bool last = l == L - 1;
+    const int64_t cin = p.desc.layer_input_size(l);
+    Rows<const T> X;
+    if (l == 0) {
+      X = {static_cast<const T*>(a.x), a.x_st, a.x_sn};
+    } else {
+      X = net.grid(p.training ? rs + p.reserve.out[l - 1] : ws + p.ws.inter[(l - 1) % 2]).as_const();
+    }
+    const Rows<T> Yuser{static_cast<T*>(a.y), a.y_st, a.y_sn};
+    Rows<T> O;  // where this layer's hidden states go (and are read back as h_{t-1})
+    if (p.training) {
+      O = net.grid(rs + p.reserve.out[l]);
+    } else {
+      O = last ? Yuser : net.grid(ws + p.ws.inter[l % 2]);
+    }
+    const bool copy_to_y = p.training && last;
+
+    for (int dir = 0; dir < D; ++dir) {
+      const int64_t si = p.reserve_index(l, dir);
+      const LayerParams off = layer_param_offsets(p.desc, l, dir);
+      const T* w_ih = w + off.w_ih;
+      const T* w_hh = w + off.w_hh;
+      fold_bias(net, w + off.b_ih, w + off.b_hh, bias);
+      int64_t ld_h0, ld_c0;
+      const T* h0 = state_or_zero<T>(a.hx, si, N, H, zeros, &ld_h0);
+      const T* c0 = state_or_zero<T>(a.cx, si, N, H, zeros, &ld_c0);
+      T* cells = p.training && net.lstm ? rs + p.reserve.cells[si] : nullptr;
+      T* cstate = !p.training && net.lstm ? ws + p.ws.cstate : nullptr;
+      if (cstate) copy_rows(cstate, H, c0, ld_c0, N, H);
+
+      const int64_t chunk = p.chunk_t;
+      const int64_t nchunks = (T_ + chunk - 1) / chunk;
+      for (int64_t ci = 0; ci < nchunks; ++ci) {
+        const int64_t k = dir == 0 ? ci : nchunks - 1 - ci;
+        const int64_t t0 = k * chunk, t1 = std::min(T_, t0 + chunk);
+        // Input projection of steps [t0, t1): training writes it into the reserve's gate rows,
+        // where the pointwise step then overwrites it in place with the saved gates.
+        T* gx;
+        int64_t ld_gx;
+        if (p.training) {
+          ld_gx = net.SH;
+          gx = rs + p.reserve.gates[si] + t0 * N * ld_gx;
+        } else {
+          ld_gx = GH;
+          gx = ws + p.ws.gx;
+        }
+        gemm_rows<T>(t1 - t0, N, X.shifted(t0), cin, true, w_ih, cin, GH, T(0),
+                     Rows<T>{gx, N * ld_gx, ld_gx});
+
+        for (int64_t s = 0; s < t1 - t0; ++s) {
+          const int64_t t = dir == 0 ? t0 + s : t1 - 1 - s;
+          const bool first = dir == 0 ? t == 0 : t == T_ - 1;
+          const int64_t tp = net.prev_of(dir, t);
+          StepForward<T> st;
+          st.N = N;
+          st.H = H;
+          st.gx = gx + (t - t0) * N * ld_gx;
+          st.ld_gx = ld_gx;
+          st.bias = bias;
+          if (first) {
+            st.h_prev = h0;
+            st.ld_hp = ld_h0;
+          } else {
+            st.h_prev = O.row(tp) + dir * H;
+            st.ld_hp = O.sn;
+          }
+          if (first && !a.hx) {
+            st.gh = zeros;  // h0 = 0: the recurrent projection is zero, skip its GEMM
+            st.ld_gh = 0;
+          } else {
+            cpu::gemm<T>(false, true, N, GH, H, T(1), st.h_prev, st.ld_hp, w_hh, H, T(0), gh, GH);
+            st.gh = gh;
+            st.ld_gh = GH;
+          }
+          if (cells) {
+            st.c_prev = first ? c0 : cells + tp * N * H;
+            st.ld_cp = first ? ld_c0 : H;
+            st.c_out = cells + t * N * H;
+            st.ld_co = H;
+          } else if (cstate) {
+            st.c_prev = st.c_out = cstate;
+            st.ld_cp = st.ld_co = H;
+          }
+          st.h_out = O.row(t) + dir * H;
+          st.ld_ho = O.sn;
+          if (copy_to_y) {
+            st.y_out = Yuser.row(t) + dir * H;
+            st.ld_yo = Yuser.sn;
+          }
+          if (p.training) {
+            st.gates = const_cast<T*>(st.gx);
+            st.ld_g = ld_gx;
+            cell.forward_train(st);
+          } else {
+            cell.forward_infer(st);
+          }
+        }
+      }
+
+      const int64_t t_last = net.time_of(dir, T_ - 1);
+      if (a.hy) copy_rows(static_cast<T*>(a.hy) + si * N * H, H, O.row(t_last) + dir * H, O.sn, N, H);
+      if (a.cy && net.lstm) {
+        const T* c_last = cells ? cells + t_last * N * H : cstate;
+        copy_rows(static_cast<T*>(a.cy) + si * N * H, H, c_last, H, N, H);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_data(const Plan& p, const BackwardDataArgs& a) {
+  const Net<T> net(p);
+  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L;
+  const auto& cell = p.kernels->get<T>();
+  T* ws = static_cast<T*>(a.workspace);
+  T* rs = static_cast<T*>(a.reserve);
+  const T* w = static_cast<const T*>(a.w);
+  const T* zeros = zero_row(p, ws);
+  T* dh = ws + p.ws.dh;
+  T* dc = ws + p.ws.dc;
+
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const int64_t cin = p.desc.layer_input_size(l);
+    Rows<const T> dY;  // gradient arriving at this layer's output
+    if (l == L - 1) {
+      dY = a.dy ? Rows<const T>{static_cast<const T*>(a.dy), a.dy_st, a.dy_sn}
+                : Rows<const T>{zeros, 0, 0};
+    } else {
+      dY = net.grid(ws + p.ws.inter[l % 2]).as_const();
+    }
+    const Rows<T> dX = l == 0 ? Rows<T>{static_cast<T*>(a.dx), a.dx_st, a.dx_sn}
+                              : net.grid(ws + p.ws.inter[(l - 1) % 2]);
+    const Rows<T> O = net.grid(rs + p.reserve.out[l]);
+
+    for (int dir = 0; dir < D; ++dir) {
+      const int64_t si = p.reserve_index(l, dir);
+      const LayerParams off = layer_param_offsets(p.desc, l, dir);
+      const T* w_ih = w + off.w_ih;
+      const T* w_hh = w + off.w_hh;
+      int64_t ld, ld_h0, ld_c0;
+      const T* h0 = state_or_zero<T>(a.hx, si, N, H, zeros, &ld_h0);
+      const T* c0 = state_or_zero<T>(a.cx, si, N, H, zeros, &ld_c0);
+      const T* dhN = state_or_zero<T>(a.dhy, si, N, H, zeros, &ld);
+      copy_rows(dh, H, dhN, ld, N, H);
+      if (net.lstm) {
+        const T* dcN = state_or_zero<T>(a.dcy, si, N, H, zeros, &ld);
+        copy_rows(dc, H, dcN, ld, N, H);
+      }
+      const T* gates = rs + p.reserve.gates[si];
+      const T* cells = net.lstm ? rs + p.reserve.cells[si] : nullptr;
+      T* grads = rs + p.reserve.grads[si];
+
+      for (int64_t s = T_ - 1; s >= 0; --s) {
+        const int64_t t = net.time_of(dir, s);
+        const bool first = s == 0;
+        const int64_t tp = net.prev_of(dir, t);
+        StepBackward<T> st;
+        st.N = N;
+        st.H = H;
+        st.dy = dY.row(t) + dir * H;
+        st.ld_dy = dY.sn;
+        st.dh = dh;
+        st.ld_dh = H;
+        st.dc = dc;
+        st.ld_dc = H;
+        st.gates = gates + t * N * net.SH;
+        st.ld_g = net.SH;
+        if (cells) {
+          st.c = cells + t * N * H;
+          st.ld_c = H;
+          st.c_prev = first ? c0 : cells + tp * N * H;
+          st.ld_cp = first ? ld_c0 : H;
+        }
+        st.h = O.row(t) + dir * H;
+        st.ld_h = O.sn;
+        st.h_prev = first ? h0 : O.row(tp) + dir * H;
+        st.ld_hp = first ? ld_h0 : O.sn;
+        st.dg = grads + t * N * net.SH;
+        st.ld_dg = net.SH;
+        cell.backward(st);
+        // dh_{t-1} = dG_h W_hh (+ the GRU's direct z*dh term, which the kernel left in dh).
+        cpu::gemm<T>(false, false, N, H, GH, T(1), st.dg, net.SH, w_hh, H, net.gru ? T(1) : T(0),
+                     dh, H);
+      }
+      if (a.dhx) copy_rows(static_cast<T*>(a.dhx) + si * N * H, H, dh, H, N, H);
+      if (a.dcx && net.lstm) copy_rows(static_cast<T*>(a.dcx) + si * N * H, H, dc, H, N, H);
+
+      // Input gradient of the whole layer: dX (+)= dG_x W_ih; both directions add into it.
+      const Rows<const T> dG = net.slots(grads).as_const();
+      const T beta = dir == 0 ? T(0) : T(1);
+      if (net.gru) {  // dG_x = [dr, dz | dn] lives in slots 0, 1 and 3
+        gemm_rows<T>(T_, N, dG, 2 * H, false, w_ih, cin, cin, beta, dX);
+        gemm_rows<T>(T_, N, dG.shifted(0, 3 * H), H, false, w_ih + 2 * H * cin, cin, cin, T(1), dX);
+      } else {
+        gemm_rows<T>(T_, N, dG, GH, false, w_ih, cin, cin, beta, dX);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
+  const Net<T> net(p);
+  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L;
+  const T* rs = static_cast<const T*>(a.reserve);
+  T* dw = static_cast<T*>(a.dw);
+  double* colsum = reinterpret_cast<double*>(static_cast<T*>(a.workspace) + p.ws.colsum);
+
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t cin = p.desc.layer_input_size(l);
+    const Rows<const T> X = l == 0 ? Rows<const T>{static_cast<const T*>(a.x), a.x_st, a.x_sn}
+                                   : net.grid(const_cast<T*>(rs) + p.reserve.out[l - 1]).as_const();
+    const Rows<const T> O = net.grid(const_cast<T*>(rs) + p.reserve.out[l]).as_const();
+    for (int dir = 0; dir < D; ++dir) {
+      const int64_t si = p.reserve_index(l, dir);
+      const LayerParams off = layer_param_offsets(p.desc, l, dir);
+      const Rows<const T> dG = net.slots(const_cast<T*>(rs) + p.reserve.grads[si]).as_const();
+
+      // dW_ih += dG_x^T X
+      if (net.gru) {
+        gemm_rows_tn<T>(T_, N, dG, 2 * H, X, cin, dw + off.w_ih, cin);
+        gemm_rows_tn<T>(T_, N, dG.shifted(0, 3 * H), H, X, cin, dw + off.w_ih + 2 * H * cin, cin);
+      } else {
+        gemm_rows_tn<T>(T_, N, dG, GH, X, cin, dw + off.w_ih, cin);
+      }
+      // dW_hh += dG_h^T H_prev: every step but the first pairs with the layer's own output one
+      // step earlier in processing order; the first pairs with h0 (nothing when h0 is zero).
+      if (T_ > 1) {
+        const Rows<const T> dGh = dir == 0 ? dG.shifted(1) : dG;
+        const Rows<const T> Hp = dir == 0 ? O.shifted(0, dir * H) : O.shifted(1, dir * H);
+        gemm_rows_tn<T>(T_ - 1, N, dGh, GH, Hp, H, dw + off.w_hh, H);
+      }
+      if (a.hx && T_ > 0) {
+        const int64_t t_first = net.time_of(dir, 0);
+        const Rows<const T> h0{static_cast<const T*>(a.hx) + si * N * H, 0, H};
+        gemm_rows_tn<T>(1, N, dG.shifted(t_first), GH, h0, H, dw + off.w_hh, H);
+      }
+      // Bias gradients: column sums of the gate gradients over all (t, n).
+      const int64_t rows = T_ * N, width = net.SH;
+      const T* g = rs + p.reserve.grads[si];
+      for (int64_t c0 = 0; c0 < width; c0 += 64) {
+        const int64_t c1 = std::min(width, c0 + 64);
+        for (int64_t c = c0; c < c1; ++c) colsum[c] = 0.0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* row = g + r * width;
+          for (int64_t c = c0; c < c1; ++c) colsum[c] += row[c];
+        }
+      }
+      T* db_ih = dw + off.b_ih;
+      T* db_hh = dw + off.b_hh;
+      if (net.gru) {
+        for (int64_t k = 0; k < 2 * H; ++k) db_ih[k] += static_cast<T>(colsum[k]);
+        for (int64_t j = 0; j < H; ++j) db_ih[2 * H + j] += static_cast<T>(colsum[3 * H + j]);
+        for (int64_t k = 0; k < GH; ++k) db_hh[k] += static_cast<T>(colsum[k]);
+      } else {
+        for (int64_t k = 0; k < GH; ++k) {
+          db_ih[k] += static_cast<T>(colsum[k]);
+          db_hh[k] += static_cast<T>(colsum[k]);
+        }
+      }
+    }
+  }
+}
+
+template void forward<float>(const Plan&, const ForwardArgs&);
+template void forward<double>(const Plan&, const ForwardArgs&);
+template void backward_data<float>(const Plan&, const BackwardDataArgs&);
+template void backward_data<double>(const Plan&, const BackwardDataArgs&);
+template void backward_weights<float>(const Plan&, const BackwardWeightsArgs&);
+template void backward_weights<double>(const Plan&, const BackwardWeightsArgs&);
+
+}  // namespace fusedrnn::loop

@@ -1,0 +1,20 @@
+// cpu/blas.h: the GEMMs of the CPU backend, row-major, over a maintained BLAS (OpenBLAS).
+//
+// C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C, where op is a transpose when the flag
+// says so. Leading dimensions are in elements. Sizes must fit BLAS's 32-bit integers (the plan checks).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fusedrnn::cpu {
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+std::string blas_name();
+std::string blas_config();
+int blas_num_threads();
+
+}  // namespace fusedrnn::cpu

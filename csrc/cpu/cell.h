@@ -1,0 +1,82 @@
+// cpu/cell.h: the fused pointwise step of each cell type, forward and backward, for the CPU backend.
+//
+// One call processes one time step of one (layer, direction) for N rows: it adds the input projection,
+// the recurrent projection and the biases, applies the activations, updates the state and, when
+// training, saves what backward needs. The GEMMs around it live in the executor. Every (N, H)-shaped
+// argument is a row pointer plus a row stride (ld); a stride of 0 repeats one row, which is how a zero
+// initial state is passed without materialising it. Kernels are compiled once per instruction set
+// (AVX2+FMA and a baseline) and chosen once per plan at run time.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/fusedrnn.h"
+
+namespace fusedrnn {
+
+template <typename T>
+struct StepForward {
+  int64_t N = 0, H = 0;
+  const T* gx = nullptr;     int64_t ld_gx = 0;  // (N, G*H) input projection, no bias
+  const T* gh = nullptr;     int64_t ld_gh = 0;  // (N, G*H) recurrent projection, no bias
+  const T* bias = nullptr;                       // (G*H) folded biases; GRU: then (H) recurrent n-bias
+  const T* h_prev = nullptr; int64_t ld_hp = 0;  // (N, H) previous hidden state (read by GRU)
+  const T* c_prev = nullptr; int64_t ld_cp = 0;  // (N, H) previous cell state (LSTM)
+  T* h_out = nullptr;        int64_t ld_ho = 0;  // (N, H) new hidden state
+  T* y_out = nullptr;        int64_t ld_yo = 0;  // optional second copy of the new hidden state
+  T* c_out = nullptr;        int64_t ld_co = 0;  // (N, H) new cell state (LSTM); may alias c_prev
+  T* gates = nullptr;        int64_t ld_g = 0;   // training: (N, slots*H) saved gates; may alias gx
+};
+
+template <typename T>
+struct StepBackward {
+  int64_t N = 0, H = 0;
+  const T* dy = nullptr;     int64_t ld_dy = 0;  // (N, H) gradient from this step's output
+  T* dh = nullptr;           int64_t ld_dh = 0;  // in: dh from the later step; out (GRU): z*dh
+  T* dc = nullptr;           int64_t ld_dc = 0;  // LSTM in: dc from the later step; out: dc earlier
+  const T* gates = nullptr;  int64_t ld_g = 0;   // saved gates of this step
+  const T* c = nullptr;      int64_t ld_c = 0;   // LSTM: this step's cell state
+  const T* c_prev = nullptr; int64_t ld_cp = 0;  // LSTM: the previous cell state
+  const T* h = nullptr;      int64_t ld_h = 0;   // RNN: this step's hidden output
+  const T* h_prev = nullptr; int64_t ld_hp = 0;  // GRU: the previous hidden state
+  T* dg = nullptr;           int64_t ld_dg = 0;  // out: pre-activation gate gradients, slots*H per row
+};
+
+template <typename T>
+struct CellFns {
+  void (*forward_infer)(const StepForward<T>&) = nullptr;
+  void (*forward_train)(const StepForward<T>&) = nullptr;
+  void (*backward)(const StepBackward<T>&) = nullptr;
+};
+
+struct CellKernels {
+  const char* isa = "";
+  CellFns<float> f32;
+  CellFns<double> f64;
+
+  template <typename T>
+  const CellFns<T>& get() const {
+    if constexpr (sizeof(T) == 4) {
+      return f32;
+    } else {
+      return f64;
+    }
+  }
+};
+
+namespace cpu {
+// Chooses the instruction set once per process (AVX2+FMA when the CPU has it).
+const CellKernels* select_cell_kernels(Mode mode);
+const char* simd_level();
+
+// Per-ISA tables, defined in cell_avx2.cpp and cell_generic.cpp.
+const CellKernels* cell_kernels_avx2(Mode mode);
+const CellKernels* cell_kernels_generic(Mode mode);
+void activations_avx2(const float* x, float* sigmoid, float* tanh, int64_t n);
+void activations_generic(const float* x, float* sigmoid, float* tanh, int64_t n);
+
+// The float32 activations of the selected instruction set, over an array (for accuracy tests).
+void eval_activations(const float* x, float* sigmoid, float* tanh, int64_t n);
+}  // namespace cpu
+
+}  // namespace fusedrnn

@@ -1,0 +1,175 @@
+// fusedrnn/fusedrnn.h: the public, framework-free C++ API of the fusedrnn core.
+//
+// General notes (shape letters used everywhere):
+//   T  time steps            N  batch size            C  input features of layer 0
+//   H  hidden units          G  gates (LSTM 4, GRU 3, RNN 1)    L  layers    D  directions (1 or 2)
+// Sequences are addressed as a grid of rows (t, n) with element strides (stride_t, stride_n); the
+// feature dimension is always contiguous. A time-major (T, N, C) array has strides (N*C, C), a
+// batch-major (N, T, C) one (C, T*C): both are used in place, without a copy.
+//
+// Usage: make a Plan once per (description, T, N, training), allocate plan.workspace_bytes and, when
+// training, plan.reserve_bytes, then call forward / backward_data / backward_weights. The reserve holds
+// what backward needs and must be passed unchanged from forward to the backward calls; backward_data
+// writes gate gradients into its gradient area, which backward_weights then reads. The workspace is
+// scratch and may be reused between calls. Nothing is allocated inside these calls.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fusedrnn/errors.h"
+
+namespace fusedrnn {
+
+enum class Mode { kLstm, kGru, kRnnTanh, kRnnRelu };
+enum class DType { kFloat32, kFloat64 };
+enum class ExecutorKind { kLoop };  // the unrolled executor joins here
+
+Mode parse_mode(const std::string& name);    // "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
+std::string mode_name(Mode mode);
+DType parse_dtype(const std::string& name);  // "float32" | "float64"
+std::string dtype_name(DType dtype);
+std::size_t dtype_size(DType dtype);
+int num_gates(Mode mode);  // G
+
+// What the network is; independent of T and N.
+struct RnnDesc {
+  Mode mode = Mode::kLstm;
+  int64_t input_size = 0;   // C
+  int64_t hidden_size = 0;  // H
+  int64_t num_layers = 1;   // L
+  bool bidirectional = false;
+  DType dtype = DType::kFloat32;
+
+  int directions() const { return bidirectional ? 2 : 1; }
+  int64_t layer_input_size(int64_t layer) const {
+    return layer == 0 ? input_size : directions() * hidden_size;
+  }
+};
+void validate(const RnnDesc& desc);  // throws ValueError naming the bad field
+
+// ---- Flat weight layout (MXNet FusedRNNCell order) -------------------------------------------------
+// All weight matrices first: for each layer, for each direction (forward, then reverse): the i2h block
+// (G*H, C_in) then the h2h block (G*H, H), row-major, rows gate-major. Then all biases in the same
+// order: i2h (G*H,), h2h (G*H,).
+struct ParamPiece {
+  int64_t layer;
+  int direction;    // 0 forward, 1 reverse
+  bool is_bias;     // false: weight matrix, true: bias vector
+  bool is_h2h;      // false: i2h (input-to-hidden), true: h2h (hidden-to-hidden)
+  int64_t offset;   // in elements, into the flat vector
+  int64_t rows;     // G*H
+  int64_t cols;     // C_in or H for weights, 1 for biases
+};
+int64_t param_count(const RnnDesc& desc);
+std::vector<ParamPiece> param_layout(const RnnDesc& desc);
+// Offsets of the four pieces of one (layer, direction).
+struct LayerParams {
+  int64_t w_ih, w_hh, b_ih, b_hh;
+};
+LayerParams layer_param_offsets(const RnnDesc& desc, int64_t layer, int direction);
+
+// ---- Plans ------------------------------------------------------------------------------------------
+struct CellKernels;  // the backend's fused pointwise step functions, chosen once per plan
+
+struct Plan {
+  RnnDesc desc;
+  int64_t T = 0, N = 0;
+  bool training = false;
+  ExecutorKind executor = ExecutorKind::kLoop;
+
+  // Inference projects the input in chunks of chunk_t steps so that scratch does not grow with T
+  // (for a one-layer network); training projects all T steps at once into the reserve.
+  int64_t chunk_t = 0;
+  std::size_t workspace_bytes = 0;
+  std::size_t reserve_bytes = 0;
+
+  // Per-step gate row widths: saved gates in the reserve and gate gradients, in units of H.
+  // LSTM 4 (i,f,g,o), GRU 4 (r,z,n and the recurrent n-projection), RNN 1.
+  int gate_slots = 0;
+
+  // Element offsets inside the reserve (training) and the workspace. Each region starts 64-byte aligned.
+  struct ReserveMap {
+    std::vector<int64_t> out;    // per layer: layer output (T, N, D*H)
+    std::vector<int64_t> gates;  // per (layer, dir): saved gates (T, N, gate_slots*H)
+    std::vector<int64_t> cells;  // per (layer, dir): LSTM cell states (T, N, H)
+    std::vector<int64_t> grads;  // per (layer, dir): gate gradients (T, N, gate_slots*H)
+  } reserve;
+  struct WorkspaceMap {
+    int64_t gx = -1;        // inference: input projection of one chunk (chunk_t, N, G*H)
+    int64_t gh = -1;        // recurrent projection of one step (N, G*H)
+    int64_t bias = -1;      // folded biases (G*H) plus the GRU recurrent n-bias (H)
+    int64_t zeros = -1;     // (N, H) zeros, standing in for an absent h0 / c0
+    int64_t cstate = -1;    // inference LSTM cell state (N, H)
+    int64_t dh = -1;        // backward: running dh (N, H)
+    int64_t dc = -1;        // backward: running dc (N, H)
+    int64_t inter[2] = {-1, -1};  // inter-layer activations / gradients (T, N, D*H), ping-pong
+    int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
+  } ws;
+
+  const CellKernels* kernels = nullptr;
+
+  int64_t reserve_index(int64_t layer, int direction) const {
+    return layer * desc.directions() + direction;
+  }
+};
+
+Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training);
+
+// ---- Operations -------------------------------------------------------------------------------------
+// Pointers are to elements of desc.dtype. "optional" pointers may be null (meaning zeros / not wanted).
+struct ForwardArgs {
+  const void* x = nullptr;        // (T, N, C) rows at x + t*x_st + n*x_sn
+  int64_t x_st = 0, x_sn = 0;
+  const void* w = nullptr;        // flat parameters, param_count(desc) elements
+  const void* hx = nullptr;       // optional (L*D, N, H) contiguous initial hidden state
+  const void* cx = nullptr;       // optional (L*D, N, H) initial cell state (LSTM)
+  void* y = nullptr;              // output (T, N, D*H) rows at y + t*y_st + n*y_sn
+  int64_t y_st = 0, y_sn = 0;
+  void* hy = nullptr;             // optional (L*D, N, H) final hidden state
+  void* cy = nullptr;             // optional (L*D, N, H) final cell state (LSTM)
+  void* workspace = nullptr;      // scratch, plan.workspace_bytes
+  void* reserve = nullptr;        // training: kept for backward, plan.reserve_bytes
+};
+
+struct BackwardDataArgs {
+  const void* dy = nullptr;       // optional (T, N, D*H) gradient of y, rows at dy + t*dy_st + n*dy_sn
+  int64_t dy_st = 0, dy_sn = 0;
+  const void* dhy = nullptr;      // optional (L*D, N, H) gradient of the final hidden state
+  const void* dcy = nullptr;      // optional (L*D, N, H) gradient of the final cell state (LSTM)
+  const void* w = nullptr;        // flat parameters, as given to forward
+  const void* hx = nullptr;       // optional, as given to forward
+  const void* cx = nullptr;       // optional, as given to forward
+  void* dx = nullptr;             // output (T, N, C) rows at dx + t*dx_st + n*dx_sn
+  int64_t dx_st = 0, dx_sn = 0;
+  void* dhx = nullptr;            // optional output (L*D, N, H)
+  void* dcx = nullptr;            // optional output (L*D, N, H) (LSTM)
+  void* workspace = nullptr;      // scratch
+  void* reserve = nullptr;        // from forward(training); its gradient area is written
+};
+
+struct BackwardWeightsArgs {
+  const void* x = nullptr;        // as given to forward
+  int64_t x_st = 0, x_sn = 0;
+  const void* hx = nullptr;       // optional, as given to forward
+  void* dw = nullptr;             // flat parameter gradient: accumulated into (+=)
+  void* workspace = nullptr;      // scratch
+  const void* reserve = nullptr;  // after backward_data
+};
+
+void forward(const Plan& plan, const ForwardArgs& args);
+void backward_data(const Plan& plan, const BackwardDataArgs& args);
+void backward_weights(const Plan& plan, const BackwardWeightsArgs& args);
+
+// ---- Build and runtime information ------------------------------------------------------------------
+struct BuildInfo {
+  std::string version, blas, blas_config, compiler, cxx_flags, simd;
+  bool openmp = false;
+  int openmp_max_threads = 1;
+  bool cuda = false;
+};
+BuildInfo build_info();
+
+}  // namespace fusedrnn

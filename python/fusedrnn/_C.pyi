@@ -1,0 +1,88 @@
+"""Typed stub of the compiled core (csrc/bindings/module.cpp)."""
+
+from typing import Optional
+
+import numpy as np
+
+class Plan:
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dtype: str,
+        T: int,
+        N: int,
+        training: bool,
+    ) -> None: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def input_size(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def bidirectional(self) -> bool: ...
+    @property
+    def T(self) -> int: ...
+    @property
+    def N(self) -> int: ...
+    @property
+    def training(self) -> bool: ...
+    @property
+    def chunk_t(self) -> int: ...
+    @property
+    def workspace_bytes(self) -> int: ...
+    @property
+    def reserve_bytes(self) -> int: ...
+    @property
+    def executor(self) -> str: ...
+    @property
+    def isa(self) -> str: ...
+
+def param_count(mode: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool) -> int: ...
+def param_layout(
+    mode: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool
+) -> list[tuple[int, int, bool, bool, int, int, int]]: ...
+def forward(
+    plan: Plan,
+    x: np.ndarray,
+    w: np.ndarray,
+    hx: Optional[np.ndarray],
+    cx: Optional[np.ndarray],
+    y: np.ndarray,
+    hy: Optional[np.ndarray],
+    cy: Optional[np.ndarray],
+    workspace: np.ndarray,
+    reserve: Optional[np.ndarray],
+) -> None: ...
+def backward_data(
+    plan: Plan,
+    dy: Optional[np.ndarray],
+    dhy: Optional[np.ndarray],
+    dcy: Optional[np.ndarray],
+    w: np.ndarray,
+    hx: Optional[np.ndarray],
+    cx: Optional[np.ndarray],
+    dx: np.ndarray,
+    dhx: Optional[np.ndarray],
+    dcx: Optional[np.ndarray],
+    workspace: np.ndarray,
+    reserve: np.ndarray,
+) -> None: ...
+def backward_weights(
+    plan: Plan,
+    x: np.ndarray,
+    hx: Optional[np.ndarray],
+    dw: np.ndarray,
+    workspace: np.ndarray,
+    reserve: np.ndarray,
+) -> None: ...
+def build_info() -> dict: ...
+def _activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...

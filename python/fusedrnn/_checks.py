@@ -1,0 +1,73 @@
+"""Argument checks shared by the Python API: every message names the argument and gives the expected
+and the received value, shape or dtype."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def size(name: str, value, minimum: int = 1) -> int:
+    """An integer size >= minimum (bools, floats and NaN are refused)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
+    return v
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def float_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
+    """A float32/float64 ndarray (array-likes are converted); with dtype, exactly that dtype."""
+    if value is None:
+        raise TypeError(f"{name}: expected an array, got None")
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception as exc:  # noqa: BLE001 - report what could not be converted
+            raise TypeError(f"{name}: expected a float array, got {type(value).__name__}") from exc
+    want = (dtype,) if dtype is not None else FLOAT_DTYPES
+    if value.dtype not in want:
+        names = " or ".join(str(d) for d in want)
+        raise TypeError(f"{name}: expected dtype {names}, got {value.dtype}")
+    return value
+
+
+def shape(name: str, arr: np.ndarray, expected: tuple, what: str = "") -> None:
+    if tuple(arr.shape) != tuple(expected):
+        hint = f" {what}" if what else ""
+        raise ValueError(f"{name}: expected shape {tuple(expected)}{hint}, got {tuple(arr.shape)}")
+
+
+def grid_view(arr: np.ndarray) -> np.ndarray:
+    """A (T, N, F) array the core can address in place (non-negative strides that are multiples of
+    the element size, contiguous features, rows apart); otherwise a C-contiguous copy."""
+    item = arr.itemsize
+    T, N, F = arr.shape
+    st, sn, sf = arr.strides
+    ok = (
+        arr.flags.aligned
+        and (F <= 1 or sf == item)
+        and st >= 0
+        and sn >= 0
+        and st % item == 0
+        and sn % item == 0
+    )
+    if ok and T > 0 and N > 0:
+        st, sn, width = st // item, sn // item, F
+        rows_apart = (N == 1 or sn >= width) and (T == 1 or st >= width)
+        disjoint = N == 1 or T == 1 or st >= N * sn or sn >= T * st
+        ok = rows_apart and disjoint
+    return arr if ok else np.ascontiguousarray(arr)

@@ -1,0 +1,192 @@
+"""The functional API: forward and backward of a whole (multi-layer, bi-directional) RNN on NumPy arrays.
+
+Shapes: x (T, N, C), or (N, T, C) with ``batch_first``; y (T, N, D*H) or (N, T, D*H); states
+(L*D, N, H), indexed ``layer * D + direction``. The flat weight vector is laid out as ``param_layout``
+describes. Backward follows cuDNN's split: ``backward_data`` gives dx, dh0, dc0 from dy, dhN, dcN and
+``backward_weights`` the weight gradient, so a caller that needs no weight gradient skips its cost.
+``backward`` does both.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _C
+from . import _checks as chk
+from .layout import check_mode, param_size
+
+
+class ForwardResult(NamedTuple):
+    y: np.ndarray  # (T, N, D*H), or (N, T, D*H) with batch_first
+    hN: np.ndarray  # (L*D, N, H) final hidden states
+    cN: Optional[np.ndarray]  # (L*D, N, H) final cell states, LSTM only
+    ctx: Optional["Context"]  # what backward needs; None unless training
+
+
+class BackwardResult(NamedTuple):
+    dx: np.ndarray  # like x
+    dh0: np.ndarray  # (L*D, N, H)
+    dc0: Optional[np.ndarray]  # (L*D, N, H), LSTM only
+    dw: Optional[np.ndarray]  # like the weights; None when weight_grad=False
+
+
+class Context:
+    """What backward needs from a training forward: the plan, references to the inputs and the
+    reserve. It keeps references, not copies: do not modify x, weights, h0 or c0 in place before
+    backward. It can be used for any number of backward calls."""
+
+    __slots__ = ("plan", "x", "weights", "h0", "c0", "reserve", "batch_first", "_has_grads")
+
+    def __init__(self, plan, x, weights, h0, c0, reserve, batch_first):
+        self.plan, self.x, self.weights, self.h0, self.c0 = plan, x, weights, h0, c0
+        self.reserve, self.batch_first = reserve, batch_first
+        self._has_grads = False
+
+    @property
+    def reserve_bytes(self) -> int:
+        return int(self.plan.reserve_bytes)
+
+
+def _workspace(plan) -> np.ndarray:
+    return np.empty((int(plan.workspace_bytes) + 7) // 8, dtype=np.float64)
+
+
+def _time_major(arr: np.ndarray, batch_first: bool) -> np.ndarray:
+    return arr.swapaxes(0, 1) if batch_first else arr
+
+
+def _state(name: str, value, dtype, shape) -> Optional[np.ndarray]:
+    if value is None:
+        return None
+    arr = chk.float_array(name, value, dtype)
+    chk.shape(name, arr, shape, "(num_layers * directions, N, hidden_size)")
+    return np.ascontiguousarray(arr)
+
+
+def forward(
+    x,
+    weights,
+    *,
+    mode: str,
+    hidden_size: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    h0=None,
+    c0=None,
+    batch_first: bool = False,
+    training: bool = False,
+) -> ForwardResult:
+    """Runs the network over a sequence.
+
+    x: (T, N, C) float32 or float64 ((N, T, C) when ``batch_first``); weights: the flat vector of
+    ``param_size(mode, C, hidden_size, num_layers, bidirectional)`` elements, x's dtype; h0, c0:
+    optional (L*D, N, H) initial states (c0 for LSTM only), zeros when absent. With ``training`` the
+    result carries a context for ``backward``.
+    """
+    check_mode(mode)
+    H = chk.size("hidden_size", hidden_size)
+    L = chk.size("num_layers", num_layers)
+    bidirectional = chk.flag("bidirectional", bidirectional)
+    batch_first = chk.flag("batch_first", batch_first)
+    training = chk.flag("training", training)
+    x = chk.float_array("x", x)
+    if x.ndim != 3:
+        layout = "(N, T, C)" if batch_first else "(T, N, C)"
+        raise ValueError(f"x: expected a 3-D array {layout}, got shape {tuple(x.shape)}")
+    dtype = x.dtype
+    xt = chk.grid_view(_time_major(x, batch_first))
+    T, N, C = xt.shape
+    if C < 1:
+        raise ValueError(f"x: expected at least one input feature (C >= 1), got shape {tuple(x.shape)}")
+    D = 2 if bidirectional else 1
+    weights = chk.float_array("weights", weights, dtype)
+    n = param_size(mode, C, H, L, bidirectional)
+    chk.shape(
+        "weights",
+        weights,
+        (n,),
+        f"for mode={mode!r}, input_size={C}, hidden_size={H}, num_layers={L}, "
+        f"bidirectional={bidirectional}",
+    )
+    weights = np.ascontiguousarray(weights)
+    state_shape = (L * D, N, H)
+    h0 = _state("h0", h0, dtype, state_shape)
+    if c0 is not None and mode != "lstm":
+        raise ValueError(f"c0: only mode='lstm' has a cell state, got mode={mode!r}")
+    c0 = _state("c0", c0, dtype, state_shape)
+
+    plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training)
+    y = np.empty((N, T, D * H) if batch_first else (T, N, D * H), dtype=dtype)
+    hN = np.empty(state_shape, dtype=dtype)
+    cN = np.empty(state_shape, dtype=dtype) if mode == "lstm" else None
+    reserve = np.empty((int(plan.reserve_bytes) + 7) // 8, dtype=np.float64) if training else None
+    _C.forward(plan, xt, weights, h0, c0, _time_major(y, batch_first), hN, cN, _workspace(plan), reserve)
+    ctx = Context(plan, xt, weights, h0, c0, reserve, batch_first) if training else None
+    return ForwardResult(y, hN, cN, ctx)
+
+
+def _check_ctx(ctx) -> Context:
+    if not isinstance(ctx, Context):
+        raise TypeError(
+            f"ctx: expected the ctx of forward(..., training=True), got {type(ctx).__name__}"
+        )
+    return ctx
+
+
+def backward_data(ctx: Context, dy=None, dhN=None, dcN=None):
+    """Gradients of the inputs: returns (dx, dh0, dc0) from the gradients of y, hN and cN (None
+    means zero). dx is shaped like x, dh0 and dc0 like the states (dc0 is None unless LSTM)."""
+    ctx = _check_ctx(ctx)
+    plan = ctx.plan
+    dtype = np.dtype(plan.dtype)
+    T, N, C = ctx.x.shape
+    H, D = int(plan.hidden_size), 2 if plan.bidirectional else 1
+    state_shape = (int(plan.num_layers) * D, N, H)
+    lstm = plan.mode == "lstm"
+    dyt = None
+    if dy is not None:
+        dy = chk.float_array("dy", dy, dtype)
+        y_shape = (N, T, D * H) if ctx.batch_first else (T, N, D * H)
+        chk.shape("dy", dy, y_shape, "(the shape of y)")
+        dyt = chk.grid_view(_time_major(dy, ctx.batch_first))
+    dhN = _state("dhN", dhN, dtype, state_shape)
+    if dcN is not None and not lstm:
+        raise ValueError(f"dcN: only mode='lstm' has a cell state, got mode={plan.mode!r}")
+    dcN = _state("dcN", dcN, dtype, state_shape)
+
+    dx = np.empty((N, T, C) if ctx.batch_first else (T, N, C), dtype=dtype)
+    dh0 = np.empty(state_shape, dtype=dtype)
+    dc0 = np.empty(state_shape, dtype=dtype) if lstm else None
+    _C.backward_data(
+        plan, dyt, dhN, dcN, ctx.weights, ctx.h0, ctx.c0, _time_major(dx, ctx.batch_first), dh0,
+        dc0, _workspace(plan), ctx.reserve,
+    )
+    ctx._has_grads = True
+    return dx, dh0, dc0
+
+
+def backward_weights(ctx: Context, dw=None) -> np.ndarray:
+    """Gradient of the flat weights, after ``backward_data`` on the same ctx. With ``dw`` given
+    (a flat array of the weights' dtype and size) the gradient is added into it and it is returned."""
+    ctx = _check_ctx(ctx)
+    if not ctx._has_grads:
+        raise RuntimeError("backward_weights: call backward_data(ctx, ...) first")
+    if dw is None:
+        dw = np.zeros_like(ctx.weights)
+    else:
+        dw = chk.float_array("dw", dw, ctx.weights.dtype)
+        chk.shape("dw", dw, ctx.weights.shape, "(the shape of the weights)")
+        if not dw.flags.c_contiguous or not dw.flags.writeable:
+            raise ValueError("dw: expected a writable C-contiguous array to accumulate into")
+    _C.backward_weights(ctx.plan, ctx.x, ctx.h0, dw, _workspace(ctx.plan), ctx.reserve)
+    return dw
+
+
+def backward(ctx: Context, dy=None, dhN=None, dcN=None, weight_grad: bool = True) -> BackwardResult:
+    """backward_data and (unless ``weight_grad=False``) backward_weights in one call."""
+    weight_grad = chk.flag("weight_grad", weight_grad)
+    dx, dh0, dc0 = backward_data(ctx, dy, dhN, dcN)
+    dw = backward_weights(ctx) if weight_grad else None
+    return BackwardResult(dx, dh0, dc0, dw)

@@ -1,0 +1,86 @@
+"""The flat parameter layout (MXNet FusedRNNCell order): sizes, offsets and names of every piece.
+
+All weight matrices come first: for each layer, for each direction (forward, then reverse), the i2h
+block (G*H, C_in) and then the h2h block (G*H, H), row-major with rows gate-major (LSTM i,f,g,o;
+GRU r,z,n). Then all biases in the same order: i2h (G*H,), h2h (G*H,). C_in is C for layer 0 and
+D*H above it. Offsets come from the C++ core, the single place that computes them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _C
+from . import _checks as chk
+
+MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+class ParamPiece(NamedTuple):
+    """One piece of the flat vector."""
+
+    name: str  # MXNet FusedRNNCell name without prefix: l0_i2h_weight, r1_h2h_bias, ...
+    torch_name: str  # the torch.nn.LSTM/GRU/RNN name: weight_ih_l0, bias_hh_l1_reverse, ...
+    layer: int
+    direction: int  # 0 forward, 1 reverse
+    kind: str  # "weight" or "bias"
+    part: str  # "i2h" or "h2h"
+    offset: int  # in elements
+    shape: tuple  # (G*H, C_in), (G*H, H) or (G*H,)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def check_mode(mode) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
+    return mode
+
+
+def num_gates(mode: str) -> int:
+    """G: 4 for LSTM, 3 for GRU, 1 for the vanilla RNNs."""
+    return _GATES[check_mode(mode)]
+
+
+def check_desc(mode, input_size, hidden_size, num_layers, bidirectional):
+    return (
+        check_mode(mode),
+        chk.size("input_size", input_size),
+        chk.size("hidden_size", hidden_size),
+        chk.size("num_layers", num_layers),
+        chk.flag("bidirectional", bidirectional),
+    )
+
+
+def param_size(mode, input_size, hidden_size, num_layers=1, bidirectional=False) -> int:
+    """Number of elements of the flat parameter vector."""
+    return int(_C.param_count(*check_desc(mode, input_size, hidden_size, num_layers, bidirectional)))
+
+
+def param_layout(mode, input_size, hidden_size, num_layers=1, bidirectional=False) -> list[ParamPiece]:
+    """Every piece of the flat vector, in storage order, with its names, offset and shape."""
+    desc = check_desc(mode, input_size, hidden_size, num_layers, bidirectional)
+    pieces = []
+    for layer, direction, is_bias, is_h2h, offset, rows, cols in _C.param_layout(*desc):
+        kind = "bias" if is_bias else "weight"
+        part = "h2h" if is_h2h else "i2h"
+        suffix = "_reverse" if direction else ""
+        torch_name = f"{kind}_{'hh' if is_h2h else 'ih'}_l{layer}{suffix}"
+        name = f"{'r' if direction else 'l'}{layer}_{part}_{kind}"
+        shape = (rows,) if is_bias else (rows, cols)
+        pieces.append(ParamPiece(name, torch_name, layer, direction, kind, part, offset, shape))
+    return pieces
+
+
+def init_weights(
+    mode, input_size, hidden_size, num_layers=1, bidirectional=False, dtype=np.float32, seed=None
+) -> np.ndarray:
+    """A flat vector drawn like torch.nn's default: every entry uniform in (-1/sqrt(H), 1/sqrt(H))."""
+    n = param_size(mode, input_size, hidden_size, num_layers, bidirectional)
+    bound = 1.0 / np.sqrt(hidden_size)
+    return np.random.default_rng(seed).uniform(-bound, bound, n).astype(dtype)

@@ -1,0 +1,261 @@
+"""Float64 NumPy reference implementation (test oracle) of fused multi-layer RNNs.
+
+Modes: "lstm", "gru", "rnn_tanh", "rnn_relu"; the math is PyTorch's/cuDNN's
+(GRU in the reset-after form).  Everything here is deliberately simple: plain
+Python loops over layers, directions and time steps, vectorised only over the
+batch and hidden dimensions inside one step.  The backward pass is hand-written
+back-propagation through time (no autograd).
+
+Flat weight layout (MXNet FusedRNNCell order): first all weight matrices, for
+layer l, for direction d (forward, then reverse if bidirectional): W_ih
+(G*H, C_in_l) row-major, then W_hh (G*H, H) row-major; then all biases in the
+same order: b_ih (G*H,), b_hh (G*H,).  C_in_0 = C, C_in_l = D*H for l > 0.
+Rows are gate-major: LSTM i,f,g,o; GRU r,z,n.
+
+Tensors are time-major: x (T, N, C), y (T, N, D*H), h0/hN/c0/cN (L*D, N, H)
+with index l*D + d.
+"""
+
+import numpy as np
+
+MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _check_mode(mode):
+    if mode not in NUM_GATES:
+        raise ValueError("unknown mode %r" % (mode,))
+
+
+# --------------------------------------------------------------------------
+# Flat weight layout
+# --------------------------------------------------------------------------
+
+def layout(mode, C, H, L=1, bidirectional=False):
+    """List of (torch_name, shape) in flat-vector order."""
+    _check_mode(mode)
+    G = NUM_GATES[mode]
+    D = 2 if bidirectional else 1
+    weights, biases = [], []
+    for l in range(L):
+        c_in = C if l == 0 else D * H
+        for d in range(D):
+            sfx = "l%d%s" % (l, "_reverse" if d == 1 else "")
+            weights.append(("weight_ih_" + sfx, (G * H, c_in)))
+            weights.append(("weight_hh_" + sfx, (G * H, H)))
+            biases.append(("bias_ih_" + sfx, (G * H,)))
+            biases.append(("bias_hh_" + sfx, (G * H,)))
+    return weights + biases
+
+
+def param_size(mode, C, H, L=1, bidirectional=False):
+    return int(sum(int(np.prod(shape)) for _, shape in layout(mode, C, H, L, bidirectional)))
+
+
+def unpack(flat, mode, C, H, L=1, bidirectional=False):
+    """Flat vector -> dict of torch-named arrays (copies, same dtype as flat)."""
+    flat = np.asarray(flat)
+    if flat.ndim != 1 or flat.size != param_size(mode, C, H, L, bidirectional):
+        raise ValueError("flat weight vector has wrong shape %r" % (flat.shape,))
+    out, off = {}, 0
+    for name, shape in layout(mode, C, H, L, bidirectional):
+        n = int(np.prod(shape))
+        out[name] = flat[off:off + n].reshape(shape).copy()
+        off += n
+    return out
+
+
+def pack(params, mode, C, H, L=1, bidirectional=False):
+    """Dict of torch-named arrays -> flat vector (dtype of the inputs)."""
+    lay = layout(mode, C, H, L, bidirectional)
+    if set(params) != {name for name, _ in lay}:
+        raise ValueError("parameter names do not match the layout")
+    parts = []
+    for name, shape in lay:
+        a = np.asarray(params[name])
+        if a.shape != tuple(shape):
+            raise ValueError("%s has shape %r, expected %r" % (name, a.shape, shape))
+        parts.append(a.reshape(-1))
+    return np.concatenate(parts)
+
+
+def _names(l, d):
+    sfx = "l%d%s" % (l, "_reverse" if d == 1 else "")
+    return ("weight_ih_" + sfx, "weight_hh_" + sfx, "bias_ih_" + sfx, "bias_hh_" + sfx)
+
+
+# --------------------------------------------------------------------------
+# One time step of one cell: forward returns (h', c', step_cache); backward
+# takes the gradients w.r.t. h' and c' and returns those w.r.t. x, h, c,
+# accumulating weight gradients into `grads` (dict with keys wih, whh, bih, bhh).
+# --------------------------------------------------------------------------
+
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _cell_forward(mode, x, h, c, wih, whh, bih, bhh):
+    H = h.shape[1]
+    gi = x @ wih.T + bih          # (N, G*H)
+    gh = h @ whh.T + bhh          # (N, G*H)
+    if mode == "lstm":
+        a = gi + gh
+        i = _sigmoid(a[:, 0 * H:1 * H])
+        f = _sigmoid(a[:, 1 * H:2 * H])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        o = _sigmoid(a[:, 3 * H:4 * H])
+        c_new = f * c + i * g
+        tc = np.tanh(c_new)
+        h_new = o * tc
+        return h_new, c_new, dict(x=x, h=h, c=c, i=i, f=f, g=g, o=o, tc=tc)
+    if mode == "gru":
+        r = _sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])
+        z = _sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])
+        ghn = gh[:, 2 * H:3 * H]
+        n = np.tanh(gi[:, 2 * H:3 * H] + r * ghn)
+        h_new = (1.0 - z) * n + z * h
+        return h_new, None, dict(x=x, h=h, r=r, z=z, n=n, ghn=ghn)
+    a = gi + gh
+    if mode == "rnn_tanh":
+        h_new = np.tanh(a)
+    else:
+        h_new = np.maximum(a, 0.0)
+    return h_new, None, dict(x=x, h=h, a=a, h_new=h_new)
+
+
+def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads):
+    """Returns (dx, dh, dc)."""
+    if mode == "lstm":
+        i, f, g, o, tc = sc["i"], sc["f"], sc["g"], sc["o"], sc["tc"]
+        dc = dc_new + dh_new * o * (1.0 - tc * tc)
+        do = dh_new * tc
+        di = dc * g
+        dg = dc * i
+        df = dc * sc["c"]
+        dc_prev = dc * f
+        da = np.concatenate([di * i * (1.0 - i),
+                             df * f * (1.0 - f),
+                             dg * (1.0 - g * g),
+                             do * o * (1.0 - o)], axis=1)
+        dgi = dgh = da
+    elif mode == "gru":
+        r, z, n, ghn, h = sc["r"], sc["z"], sc["n"], sc["ghn"], sc["h"]
+        dn = dh_new * (1.0 - z)
+        dz = dh_new * (h - n)
+        dan = dn * (1.0 - n * n)          # grad of n's pre-activation
+        dr = dan * ghn
+        dar = dr * r * (1.0 - r)
+        daz = dz * z * (1.0 - z)
+        dgi = np.concatenate([dar, daz, dan], axis=1)
+        dgh = np.concatenate([dar, daz, dan * r], axis=1)
+        dc_prev = None
+    else:
+        if mode == "rnn_tanh":
+            da = dh_new * (1.0 - sc["h_new"] ** 2)
+        else:
+            da = dh_new * (sc["a"] > 0.0)
+        dgi = dgh = da
+        dc_prev = None
+    dx = dgi @ wih
+    dh_prev = dgh @ whh
+    if mode == "gru":
+        dh_prev = dh_prev + dh_new * z
+    grads["wih"] += dgi.T @ sc["x"]
+    grads["whh"] += dgh.T @ sc["h"]
+    grads["bih"] += dgi.sum(axis=0)
+    grads["bhh"] += dgh.sum(axis=0)
+    return dx, dh_prev, dc_prev
+
+
+# --------------------------------------------------------------------------
+# Full network
+# --------------------------------------------------------------------------
+
+def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None):
+    """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm."""
+    _check_mode(mode)
+    x = np.asarray(x, dtype=np.float64)
+    T, N, C = x.shape
+    D = 2 if bidirectional else 1
+    is_lstm = mode == "lstm"
+    params = {k: v.astype(np.float64) for k, v in
+              unpack(np.asarray(flat), mode, C, H, L, bidirectional).items()}
+    h0 = np.zeros((L * D, N, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    if is_lstm:
+        c0 = np.zeros((L * D, N, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
+    assert h0.shape == (L * D, N, H)
+    assert not is_lstm or c0.shape == (L * D, N, H)
+
+    hN = np.zeros((L * D, N, H))
+    cN = np.zeros((L * D, N, H)) if is_lstm else None
+    layer_in = x
+    step_caches = {}            # (l, d) -> list indexed by time step t
+    for l in range(L):
+        layer_out = np.zeros((T, N, D * H))
+        for d in range(D):
+            wih, whh, bih, bhh = (params[k] for k in _names(l, d))
+            h = h0[l * D + d]
+            c = c0[l * D + d] if is_lstm else None
+            caches = [None] * T
+            times = range(T) if d == 0 else range(T - 1, -1, -1)
+            for t in times:
+                h, c, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih, bhh)
+                layer_out[t, :, d * H:(d + 1) * H] = h
+            step_caches[(l, d)] = caches
+            hN[l * D + d] = h
+            if is_lstm:
+                cN[l * D + d] = c
+        layer_in = layer_out
+    y = layer_in
+    cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D,
+                 bidirectional=bidirectional, params=params, steps=step_caches)
+    return y, hN, cN, cache
+
+
+def backward(cache, dy=None, dhN=None, dcN=None):
+    """Returns (dx, dh0, dc0, dflat); dc0 is None unless lstm.  None grads mean zero."""
+    mode, T, N, C, H, L, D = (cache[k] for k in ("mode", "T", "N", "C", "H", "L", "D"))
+    is_lstm = mode == "lstm"
+    params = cache["params"]
+    dy = np.zeros((T, N, D * H)) if dy is None else np.asarray(dy, dtype=np.float64)
+    dhN = np.zeros((L * D, N, H)) if dhN is None else np.asarray(dhN, dtype=np.float64)
+    if is_lstm:
+        dcN = np.zeros((L * D, N, H)) if dcN is None else np.asarray(dcN, dtype=np.float64)
+    assert dy.shape == (T, N, D * H) and dhN.shape == (L * D, N, H)
+
+    dparams = {k: np.zeros_like(v) for k, v in params.items()}
+    dh0 = np.zeros((L * D, N, H))
+    dc0 = np.zeros((L * D, N, H)) if is_lstm else None
+    d_out = dy                        # gradient w.r.t. the current layer's output
+    for l in range(L - 1, -1, -1):
+        c_in = C if l == 0 else D * H
+        d_in = np.zeros((T, N, c_in))
+        for d in range(D):
+            nwih, nwhh, nbih, nbhh = _names(l, d)
+            wih, whh = params[nwih], params[nwhh]
+            grads = dict(wih=dparams[nwih], whh=dparams[nwhh],
+                         bih=dparams[nbih], bhh=dparams[nbhh])
+            caches = cache["steps"][(l, d)]
+            dh = dhN[l * D + d]
+            dc = dcN[l * D + d] if is_lstm else None
+            # reverse of this direction's processing order
+            times = range(T - 1, -1, -1) if d == 0 else range(T)
+            for t in times:
+                dh_total = dh + d_out[t, :, d * H:(d + 1) * H]
+                dx_t, dh, dc = _cell_backward(mode, caches[t], dh_total, dc, wih, whh, grads)
+                d_in[t] += dx_t
+            dh0[l * D + d] = dh
+            if is_lstm:
+                dc0[l * D + d] = dc
+        d_out = d_in
+    dflat = pack(dparams, mode, C, H, L, D == 2)
+    return d_out, dh0, dc0, dflat
+
+
+def loss(y, hN, cN, dy, dhN, dcN):
+    """Scalar whose gradient w.r.t. (y, hN, cN) is (dy, dhN, dcN); None terms are skipped."""
+    s = 0.0
+    for a, g in ((y, dy), (hN, dhN), (cN, dcN)):
+        if a is not None and g is not None:
+            s += float(np.sum(np.asarray(a, dtype=np.float64) * np.asarray(g, dtype=np.float64)))
+    return s
