@@ -29,9 +29,10 @@ namespace fusedrnn::cpu::FUSEDRNN_ISA {
 
 // ---- activations ---------------------------------------------------------------------------------
 static inline float exp_f(float x) {
-  // Clamp keeps 2^k a normal number; comparisons are written so that NaN passes through.
+  // Clamp keeps 2^k a normal number below and lets it become +inf (k = 128: exponent field 255)
+  // above about 88.4, so that 1/(1 + e) reaches exactly 0; comparisons pass NaN through.
   x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+  x = x > 89.0f ? 89.0f : x;
   const float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
   float t = x * 1.44269504088896341f + kMagic;
   float k = t - kMagic;
