@@ -81,14 +81,20 @@ def test_build_info():
 
 
 def test_plan_reports_memory():
-    p = fusedrnn._C.Plan("lstm", 8, 16, 2, True, "float32", 10, 3, True)
+    p = fusedrnn.memory("lstm", 8, 16, 10, 3, num_layers=2, bidirectional=True, training=True)
     # reserve: per layer the output (T, N, D*H), per (layer, dir) gates + gradients (T, N, 4H) and
     # cells (T, N, H), each region rounded up to 64 bytes
     elems = 2 * (10 * 3 * 32) + 4 * (2 * 10 * 3 * 64 + 10 * 3 * 16)
     assert elems * 4 <= p.reserve_bytes <= elems * 4 + 64 * 16
-    inference = fusedrnn._C.Plan("lstm", 8, 16, 1, False, "float32", 1000, 4, False)
-    longer = fusedrnn._C.Plan("lstm", 8, 16, 1, False, "float32", 100000, 4, False)
+    assert p.workspace_bytes > 0
+    inference = fusedrnn.memory("lstm", 8, 16, 1000, 4)
+    longer = fusedrnn.memory("lstm", 8, 16, 100000, 4)
     assert inference.reserve_bytes == 0
     # one-layer inference scratch does not grow with T (input projected in chunks)
     assert longer.workspace_bytes == inference.workspace_bytes
-    assert inference.chunk_t * 4 >= 512 or inference.chunk_t == 1000
+    # training keeps what backward needs: grows linearly with T
+    t1 = fusedrnn.memory("gru", 8, 16, 100, 4, training=True).reserve_bytes
+    t2 = fusedrnn.memory("gru", 8, 16, 200, 4, training=True).reserve_bytes
+    assert abs(t2 - 2 * t1) <= 64 * 8
+    f64 = fusedrnn.memory("gru", 8, 16, 100, 4, training=True, dtype=np.float64).reserve_bytes
+    assert abs(f64 - 2 * t1) <= 64 * 8

@@ -47,27 +47,46 @@ struct Grid {
 };
 
 // A (T, N, width) sequence array with any row strides and contiguous features.
-Grid seq(const py::array& a, const char* name, DType dtype, int64_t T, int64_t N, int64_t width,
+const void* dense(const py::object& o, const char* name, DType dtype, std::vector<int64_t> shape,
+                  bool writable, bool optional = true);
+std::vector<int64_t> state_shape(const Plan& p);
+
+Grid seq(const py::object& o, const char* name, DType dtype, int64_t T, int64_t N, int64_t width,
          bool writable) {
+  FUSEDRNN_CHECK(py::isinstance<py::array>(o), TypeError, name, ": expected a numpy array, got ",
+                 std::string(py::str(py::type::of(o))));
+  py::array a = py::reinterpret_borrow<py::array>(o);
   check_dtype(a, name, dtype);
   FUSEDRNN_CHECK(a.ndim() == 3 && a.shape(0) == T && a.shape(1) == N && a.shape(2) == width,
                  ValueError, name, ": expected shape (", T, ", ", N, ", ", width, "), got ",
                  shape_str(a));
   if (writable) check_writable(a, name);
+  if (T * N == 0) return {a.data(), 0, 0};  // nothing is read or written; strides are meaningless
   check_aligned(a, name);
   const int64_t item = a.itemsize();
   FUSEDRNN_CHECK(width <= 1 || a.strides(2) == item, ValueError, name,
                  ": expected contiguous features (last stride ", item, " bytes), got ", a.strides(2));
   FUSEDRNN_CHECK(a.strides(0) % item == 0 && a.strides(1) % item == 0, ValueError, name,
-                 ": expected strides that are multiples of the element size");
+                 ": expected strides that are multiples of the element size ", item, ", got (",
+                 a.strides(0), ", ", a.strides(1), ")");
   return {a.data(), a.strides(0) / item, a.strides(1) / item};
+}
+
+// Cell-state arguments exist for LSTM only; anything but None for another mode is an error.
+const void* cell_state(const Plan& p, const py::object& o, const char* name, bool writable) {
+  if (p.desc.mode == Mode::kLstm) {
+    return dense(o, name, p.desc.dtype, state_shape(p), writable);
+  }
+  FUSEDRNN_CHECK(o.is_none(), ValueError, name, ": only mode 'lstm' has a cell state, got mode '",
+                 mode_name(p.desc.mode), "'");
+  return nullptr;
 }
 
 // A C-contiguous array of exactly `shape`, or None when optional.
 const void* dense(const py::object& o, const char* name, DType dtype, std::vector<int64_t> shape,
-                  bool writable, bool optional = true) {
+                  bool writable, bool optional) {
   if (o.is_none()) {
-    FUSEDRNN_CHECK(optional, ValueError, name, ": expected an array, got None");
+    FUSEDRNN_CHECK(optional, TypeError, name, ": expected a numpy array, got None");
     return nullptr;
   }
   FUSEDRNN_CHECK(py::isinstance<py::array>(o), TypeError, name, ": expected a numpy array, got ",
@@ -80,8 +99,9 @@ const void* dense(const py::object& o, const char* name, DType dtype, std::vecto
   for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
   want += shape.size() == 1 ? ",)" : ")";
   FUSEDRNN_CHECK(same, ValueError, name, ": expected shape ", want, ", got ", shape_str(a));
-  FUSEDRNN_CHECK(a.flags() & py::array::c_style, ValueError, name, ": expected a C-contiguous array");
   if (writable) check_writable(a, name);
+  FUSEDRNN_CHECK(a.flags() & py::array::c_style, ValueError, name,
+                 ": expected a C-contiguous array of shape ", want);
   check_aligned(a, name);
   return a.data();
 }
@@ -180,11 +200,10 @@ PYBIND11_MODULE(_C, m) {
         "Pieces of the flat vector: (layer, direction, is_bias, is_h2h, offset, rows, cols).");
 
   m.def("forward",
-        [](const Plan& p, const py::array& x, const py::array& w, const py::object& hx,
-           const py::object& cx, const py::array& y, const py::object& hy, const py::object& cy,
+        [](const Plan& p, const py::object& x, const py::object& w, const py::object& hx,
+           const py::object& cx, const py::object& y, const py::object& hy, const py::object& cy,
            const py::object& workspace, const py::object& reserve) {
           const DType dt = p.desc.dtype;
-          const bool lstm = p.desc.mode == Mode::kLstm;
           ForwardArgs a;
           const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
           const Grid gy = seq(y, "y", dt, p.T, p.N, p.desc.directions() * p.desc.hidden_size, true);
@@ -192,9 +211,9 @@ PYBIND11_MODULE(_C, m) {
           a.y = const_cast<void*>(gy.ptr), a.y_st = gy.st, a.y_sn = gy.sn;
           a.w = dense(w, "weights", dt, {param_count(p.desc)}, false, false);
           a.hx = dense(hx, "hx", dt, state_shape(p), false);
-          a.cx = lstm ? dense(cx, "cx", dt, state_shape(p), false) : nullptr;
+          a.cx = cell_state(p, cx, "cx", false);
           a.hy = const_cast<void*>(dense(hy, "hy", dt, state_shape(p), true));
-          a.cy = lstm ? const_cast<void*>(dense(cy, "cy", dt, state_shape(p), true)) : nullptr;
+          a.cy = const_cast<void*>(cell_state(p, cy, "cy", true));
           a.workspace = scratch(workspace, "workspace", p.workspace_bytes);
           if (p.training) a.reserve = scratch(reserve, "reserve", p.reserve_bytes);
           py::gil_scoped_release release;
@@ -205,26 +224,25 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("backward_data",
         [](const Plan& p, const py::object& dy, const py::object& dhy, const py::object& dcy,
-           const py::array& w, const py::object& hx, const py::object& cx, const py::array& dx,
+           const py::object& w, const py::object& hx, const py::object& cx, const py::object& dx,
            const py::object& dhx, const py::object& dcx, const py::object& workspace,
            const py::object& reserve) {
           const DType dt = p.desc.dtype;
-          const bool lstm = p.desc.mode == Mode::kLstm;
           BackwardDataArgs a;
           if (!dy.is_none()) {
-            const Grid g = seq(py::reinterpret_borrow<py::array>(dy), "dy", dt, p.T, p.N,
+            const Grid g = seq(dy, "dy", dt, p.T, p.N,
                                p.desc.directions() * p.desc.hidden_size, false);
             a.dy = g.ptr, a.dy_st = g.st, a.dy_sn = g.sn;
           }
           const Grid gdx = seq(dx, "dx", dt, p.T, p.N, p.desc.input_size, true);
           a.dx = const_cast<void*>(gdx.ptr), a.dx_st = gdx.st, a.dx_sn = gdx.sn;
           a.dhy = dense(dhy, "dhy", dt, state_shape(p), false);
-          a.dcy = lstm ? dense(dcy, "dcy", dt, state_shape(p), false) : nullptr;
+          a.dcy = cell_state(p, dcy, "dcy", false);
           a.w = dense(w, "weights", dt, {param_count(p.desc)}, false, false);
           a.hx = dense(hx, "hx", dt, state_shape(p), false);
-          a.cx = lstm ? dense(cx, "cx", dt, state_shape(p), false) : nullptr;
+          a.cx = cell_state(p, cx, "cx", false);
           a.dhx = const_cast<void*>(dense(dhx, "dhx", dt, state_shape(p), true));
-          a.dcx = lstm ? const_cast<void*>(dense(dcx, "dcx", dt, state_shape(p), true)) : nullptr;
+          a.dcx = const_cast<void*>(cell_state(p, dcx, "dcx", true));
           a.workspace = scratch(workspace, "workspace", p.workspace_bytes);
           a.reserve = scratch(reserve, "reserve", p.reserve_bytes);
           py::gil_scoped_release release;
@@ -235,7 +253,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("reserve"));
 
   m.def("backward_weights",
-        [](const Plan& p, const py::array& x, const py::object& hx, const py::array& dw,
+        [](const Plan& p, const py::object& x, const py::object& hx, const py::object& dw,
            const py::object& workspace, const py::object& reserve) {
           const DType dt = p.desc.dtype;
           BackwardWeightsArgs a;

@@ -43,6 +43,34 @@ int num_gates(Mode mode) {
   }
 }
 
+namespace {
+int64_t weight_block(const RnnDesc& d, int64_t layer) {
+  const int64_t gh = num_gates(d.mode) * d.hidden_size;
+  return gh * (d.layer_input_size(layer) + d.hidden_size);
+}
+
+// The element count, with every product and sum checked: sizes that pass one by one can still
+// overflow together.
+int64_t checked_count(const RnnDesc& d) {
+  const int64_t kMax = int64_t(1) << 62;
+  auto fail = [&] {
+    throw ValueError(detail::concat("input_size/hidden_size/num_layers: the parameter vector of (",
+                                    d.input_size, ", ", d.hidden_size, ", ", d.num_layers,
+                                    ") would have more than 2^62 elements"));
+  };
+  int64_t total = 0;
+  const int64_t gh = num_gates(d.mode) * d.hidden_size;
+  for (int64_t l = 0; l < d.num_layers; ++l) {
+    int64_t block, piece;
+    if (__builtin_mul_overflow(gh, d.layer_input_size(l) + d.hidden_size + 2, &block) ||
+        __builtin_mul_overflow(block, int64_t(d.directions()), &piece) ||
+        __builtin_add_overflow(total, piece, &total) || total > kMax)
+      fail();
+  }
+  return total;
+}
+}  // namespace
+
 void validate(const RnnDesc& d) {
   const int64_t kMaxDim = std::numeric_limits<int32_t>::max() / 8;
   FUSEDRNN_CHECK(d.input_size >= 1 && d.input_size <= kMaxDim, ValueError,
@@ -51,21 +79,13 @@ void validate(const RnnDesc& d) {
                  "hidden_size: expected an integer in [1, ", kMaxDim, "], got ", d.hidden_size);
   FUSEDRNN_CHECK(d.num_layers >= 1 && d.num_layers <= 1024, ValueError,
                  "num_layers: expected an integer in [1, 1024], got ", d.num_layers);
+  checked_count(d);
 }
 
-namespace {
-int64_t weight_block(const RnnDesc& d, int64_t layer) {
-  const int64_t gh = num_gates(d.mode) * d.hidden_size;
-  return gh * (d.layer_input_size(layer) + d.hidden_size);
-}
-}  // namespace
 
 int64_t param_count(const RnnDesc& d) {
   validate(d);
-  const int64_t gh = num_gates(d.mode) * d.hidden_size;
-  int64_t total = 0;
-  for (int64_t l = 0; l < d.num_layers; ++l) total += d.directions() * (weight_block(d, l) + 2 * gh);
-  return total;
+  return checked_count(d);
 }
 
 LayerParams layer_param_offsets(const RnnDesc& d, int64_t layer, int direction) {

@@ -34,10 +34,12 @@ from .functional import (  # noqa: E402
     BackwardResult,
     Context,
     ForwardResult,
+    Memory,
     backward,
     backward_data,
     backward_weights,
     forward,
+    memory,
 )
 from .layout import MODES, ParamPiece, init_weights, num_gates, param_layout, param_size  # noqa: E402
 
@@ -54,6 +56,7 @@ __all__ = [
     "BackwardResult",
     "Context",
     "ForwardResult",
+    "Memory",
     "ParamPiece",
     "backward",
     "backward_data",
@@ -62,6 +65,7 @@ __all__ = [
     "converters",
     "forward",
     "init_weights",
+    "memory",
     "num_gates",
     "param_layout",
     "param_size",

@@ -10,17 +10,25 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+MAX_SIZE = 2**62
+
+
 def size(name: str, value, minimum: int = 1) -> int:
-    """An integer size >= minimum (bools, floats and NaN are refused)."""
+    """An integer size in [minimum, 2**62] (bools, floats and NaN are refused)."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected an integer, got {value!r}")
     try:
         v = operator.index(value)
     except TypeError:
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
+    if v < minimum or v > MAX_SIZE:
+        raise ValueError(f"{name}: expected an integer in [{minimum}, 2**62], got {v}")
     return v
+
+
+def dense(arr: np.ndarray) -> np.ndarray:
+    """arr itself when C-contiguous and aligned, else an aligned C-contiguous copy."""
+    return np.require(arr, requirements=["C", "A"])
 
 
 def flag(name: str, value) -> bool:
@@ -70,4 +78,4 @@ def grid_view(arr: np.ndarray) -> np.ndarray:
         rows_apart = (N == 1 or sn >= width) and (T == 1 or st >= width)
         disjoint = N == 1 or T == 1 or st >= N * sn or sn >= T * st
         ok = rows_apart and disjoint
-    return arr if ok else np.ascontiguousarray(arr)
+    return arr if ok else dense(arr)

@@ -39,10 +39,12 @@ def torch_to_flat(
     """The flat vector from a torch.nn.LSTM/GRU/RNN state_dict (tensors or arrays). The dtype follows
     the inputs (all must agree). Every expected name must be present, and no other."""
     pieces = param_layout(mode, input_size, hidden_size, num_layers, bidirectional)
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}")
     expected = {p.torch_name for p in pieces}
     got = set(state_dict.keys())
     if got != expected:
-        missing, extra = sorted(expected - got), sorted(got - expected)
+        missing, extra = sorted(expected - got), sorted(got - expected, key=repr)
         raise ValueError(f"state_dict: names do not match mode={mode!r}, num_layers={num_layers}, "
                          f"bidirectional={bidirectional}: missing {missing}, unexpected {extra}")
     arrays = {name: _to_numpy(f"state_dict[{name!r}]", v) for name, v in state_dict.items()}

@@ -32,6 +32,42 @@ class BackwardResult(NamedTuple):
     dw: Optional[np.ndarray]  # like the weights; None when weight_grad=False
 
 
+class Memory(NamedTuple):
+    workspace_bytes: int  # scratch for one call; not kept between calls
+    reserve_bytes: int  # kept from a training forward to its backward (0 when not training)
+
+
+def memory(
+    mode: str,
+    input_size: int,
+    hidden_size: int,
+    T: int,
+    N: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dtype=np.float32,
+    training: bool = False,
+) -> Memory:
+    """Bytes of scratch and reserve that forward (and backward) of this shape use, known up front."""
+    check_mode(mode)
+    dtype = np.dtype(dtype)
+    if dtype not in chk.FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    plan = _C.Plan(
+        mode,
+        chk.size("input_size", input_size),
+        chk.size("hidden_size", hidden_size),
+        chk.size("num_layers", num_layers),
+        chk.flag("bidirectional", bidirectional),
+        str(dtype),
+        chk.size("T", T, 0),
+        chk.size("N", N, 0),
+        chk.flag("training", training),
+    )
+    return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))
+
+
 class Context:
     """What backward needs from a training forward: the plan, references to the inputs and the
     reserve. It keeps references, not copies: do not modify x, weights, h0 or c0 in place before
@@ -62,7 +98,7 @@ def _state(name: str, value, dtype, shape) -> Optional[np.ndarray]:
         return None
     arr = chk.float_array(name, value, dtype)
     chk.shape(name, arr, shape, "(num_layers * directions, N, hidden_size)")
-    return np.ascontiguousarray(arr)
+    return chk.dense(arr)
 
 
 def forward(
@@ -110,7 +146,7 @@ def forward(
         f"for mode={mode!r}, input_size={C}, hidden_size={H}, num_layers={L}, "
         f"bidirectional={bidirectional}",
     )
-    weights = np.ascontiguousarray(weights)
+    weights = chk.dense(weights)
     state_shape = (L * D, N, H)
     h0 = _state("h0", h0, dtype, state_shape)
     if c0 is not None and mode != "lstm":
@@ -178,8 +214,8 @@ def backward_weights(ctx: Context, dw=None) -> np.ndarray:
     else:
         dw = chk.float_array("dw", dw, ctx.weights.dtype)
         chk.shape("dw", dw, ctx.weights.shape, "(the shape of the weights)")
-        if not dw.flags.c_contiguous or not dw.flags.writeable:
-            raise ValueError("dw: expected a writable C-contiguous array to accumulate into")
+        if not (dw.flags.c_contiguous and dw.flags.aligned and dw.flags.writeable):
+            raise ValueError("dw: expected a writable, aligned, C-contiguous array to accumulate into")
     _C.backward_weights(ctx.plan, ctx.x, ctx.h0, dw, _workspace(ctx.plan), ctx.reserve)
     return dw
 

@@ -37,6 +37,8 @@ class ParamPiece(NamedTuple):
 
 
 def check_mode(mode) -> str:
+    if not isinstance(mode, str):
+        raise TypeError(f"mode: expected a string, one of {', '.join(map(repr, MODES))}; got {mode!r}")
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
     return mode
@@ -81,6 +83,9 @@ def init_weights(
     mode, input_size, hidden_size, num_layers=1, bidirectional=False, dtype=np.float32, seed=None
 ) -> np.ndarray:
     """A flat vector drawn like torch.nn's default: every entry uniform in (-1/sqrt(H), 1/sqrt(H))."""
+    dtype = np.dtype(dtype)
+    if dtype not in chk.FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
     n = param_size(mode, input_size, hidden_size, num_layers, bidirectional)
     bound = 1.0 / np.sqrt(hidden_size)
     return np.random.default_rng(seed).uniform(-bound, bound, n).astype(dtype)
