@@ -1,15 +1,17 @@
 """fusedrnn vs torch.nn.LSTM/GRU on the standard workloads W1-W8 of shared/BENCH.md, side by side.
 
-Each workload runs through fusedrnn's functional API and through the matching torch.nn module with the
-same weights (converted with ``fusedrnn.converters.torch_to_flat``) and the same float32 random normal
-input. The calls are interleaved (fusedrnn, torch, fusedrnn, torch, ...) so both see the same machine
-state. Reported: median milliseconds, GFLOP/s as BENCH.md defines them (GEMM work only; W6 counts the
-useful FLOPs of the true lengths) and the speedup of fusedrnn over torch, as a markdown table on stdout,
-with the machine's numpy sgemm ceiling as a reference. Progress goes to stderr.
+Each workload runs through fusedrnn's functional API and through the matching torch.nn module with
+the same weights (converted with ``fusedrnn.converters.torch_to_flat``) and the same float32
+random normal input. The timed calls are interleaved (fusedrnn, torch, fusedrnn, torch, ...) so
+both see the same machine state; each comes after a short idle pause and untimed priming calls
+(see SETTLE_S). Reported: median milliseconds, GFLOP/s as BENCH.md defines them (GEMM work only;
+W6 counts the useful FLOPs of the true lengths) and the speedup of fusedrnn over torch, as a
+markdown table on stdout, with the machine's numpy sgemm ceiling as a reference. Progress goes to
+stderr.
 
-"train" is forward(training=True) + backward with data and weight gradients, loss = sum of the outputs
-used (W5: the last step only). W6 runs padded to T=100 on both sides (fusedrnn has no variable-length
-support yet); torch also runs it as a packed sequence.
+"train" is forward(training=True) + backward with data and weight gradients, loss = sum of the
+outputs used (W5: the last step only). W6 runs padded to T=100 on both sides (fusedrnn has no
+variable-length support yet); torch also runs it as a packed sequence.
 
 Run from the repository root, with fusedrnn installed::
 
@@ -39,9 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8",
                    help="comma-separated workload ids (default: all)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per library; the median is reported")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per library before timing")
-    p.add_argument("--threads", type=int, default=_cores(), help="threads for every library (default: all cores)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed calls per library; the median is reported (default: 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed rounds before the timed ones (default: 1)")
+    p.add_argument("--threads", type=int, default=_cores(),
+                   help="threads for every library (default: all cores)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
@@ -49,8 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# numpy, torch and fusedrnn size their thread pools (OpenMP, OpenBLAS, MKL) when they load, so the thread
-# count goes into the environment before they are imported; torch.set_num_threads is called as well.
+# numpy, torch and fusedrnn size their thread pools (OpenMP, OpenBLAS, MKL) when they load, so the
+# thread count goes into the environment before they are imported; torch.set_num_threads is called
+# as well.
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -70,7 +76,7 @@ import fusedrnn  # noqa: E402
 class Workload:
     id: str
     desc: str
-    mode: str  # "lstm" | "gru" | "rnn_tanh" ...
+    mode: str  # a key of TORCH_MODULES
     C: int
     H: int
     N: int
@@ -89,8 +95,10 @@ class Workload:
         """GEMM FLOPs of one call as BENCH.md counts them: per step, layer and direction
         2*N*(C_in+H)*G*H, times 3 for train. With ``lengths`` only the useful steps count."""
         G, D, H = fusedrnn.num_gates(self.mode), self.directions, self.H
-        seq_steps = sum(self.lengths) if self.lengths is not None else self.N * self.T  # summed over N
-        per_seq_step = sum(2 * ((self.C if layer == 0 else D * H) + H) * G * H for layer in range(self.L))
+        # sequence steps, summed over the batch: N * T, or the sum of the true lengths
+        seq_steps = self.N * self.T if self.lengths is None else sum(self.lengths)
+        c_in = [self.C] + [D * H] * (self.L - 1)
+        per_seq_step = sum(2 * (c + H) * G * H for c in c_in)
         return seq_steps * D * per_seq_step * (3 if self.train else 1)
 
 
@@ -101,12 +109,12 @@ WORKLOADS = {w.id: w for w in [
     Workload("W2", "LSTM 256, N=32, T=50, train", "lstm", C=256, H=256, N=32, T=50),
     Workload("W3", "LSTM 512, N=64, T=100, train", "lstm", C=512, H=512, N=64, T=100),
     Workload("W4", "GRU 256, N=32, T=50, train", "gru", C=256, H=256, N=32, T=50),
-    Workload("W5", "char-LSTM 128, C=57, N=128, T=40, train, last out", "lstm", C=57, H=128, N=128, T=40,
-             last_only=True),
+    Workload("W5", "char-LSTM 128, C=57, N=128, T=40, train, last out", "lstm",
+             C=57, H=128, N=128, T=40, last_only=True),
     Workload("W6", "LSTM 256, N=64, T<=100 variable, train", "lstm", C=256, H=256, N=64, T=100,
              lengths=W6_LENGTHS),
-    Workload("W7", "LSTM 256, 2 layers, bidir, N=32, T=100, train", "lstm", C=256, H=256, N=32, T=100, L=2,
-             bidirectional=True),
+    Workload("W7", "LSTM 256, 2 layers, bidir, N=32, T=100, train", "lstm",
+             C=256, H=256, N=32, T=100, L=2, bidirectional=True),
     Workload("W8", "LSTM 512, N=64, T=100, fwd", "lstm", C=512, H=512, N=64, T=100, train=False),
 ]}
 
@@ -133,7 +141,9 @@ def fusedrnn_call(w: Workload, x: np.ndarray, flat: np.ndarray) -> Callable[[], 
     return call
 
 
-def torch_call(w: Workload, module: torch.nn.Module, x: torch.Tensor, packed: bool) -> Callable[[], np.ndarray]:
+def torch_call(
+    w: Workload, module: torch.nn.Module, x: torch.Tensor, packed: bool
+) -> Callable[[], np.ndarray]:
     x = x.clone().requires_grad_(w.train)
     lengths = torch.tensor(w.lengths) if packed else None
 
@@ -160,7 +170,8 @@ def make_calls(w: Workload) -> dict[str, Callable[[], np.ndarray]]:
     """The variants timed for a workload, fusedrnn first; all share the weights and the input."""
     torch.manual_seed(0)
     module = TORCH_MODULES[w.mode](w.C, w.H, num_layers=w.L, bidirectional=w.bidirectional)
-    flat = fusedrnn.converters.torch_to_flat(module.state_dict(), w.mode, w.C, w.H, w.L, w.bidirectional)
+    flat = fusedrnn.converters.torch_to_flat(
+        module.state_dict(), w.mode, w.C, w.H, w.L, w.bidirectional)
     x = np.random.default_rng(1).standard_normal((w.T, w.N, w.C), dtype=np.float32)
     calls = {
         "fusedrnn": fusedrnn_call(w, x, flat),
@@ -175,18 +186,40 @@ def make_calls(w: Workload) -> dict[str, Callable[[], np.ndarray]]:
 # Measurement
 
 
+# fusedrnn runs its GEMMs on OpenBLAS's thread pool, torch on its OpenMP/MKL pool. A pool keeps
+# spinning for a while after its last call (OpenBLAS about 0.1 s), and on a 2-core machine a
+# spinning pool can halve the speed of the other library's calls (measured: torch W2 36 -> 75 ms
+# when called right after fusedrnn). So before each call the machine idles for SETTLE_S, until the
+# other library's threads sleep, then the library runs untimed calls for at least PRIME_S to wake
+# its own threads, so that the timed call sees the steady state of back-to-back calls, as in a
+# training loop or a server.
+SETTLE_S = 0.25
+PRIME_S = 0.03
+
+
+def timed_call(call: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
+    """Seconds of one call in steady state (see SETTLE_S), and its output."""
+    time.sleep(SETTLE_S)
+    t_end = time.perf_counter() + PRIME_S
+    call()
+    while time.perf_counter() < t_end:
+        call()
+    t0 = time.perf_counter()
+    y = call()
+    return time.perf_counter() - t0, y
+
+
 def time_interleaved(
     calls: dict[str, Callable[[], np.ndarray]], repeats: int, warmup: int
 ) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
-    """Seconds of each timed call per variant, and each variant's output of the first call. Every
-    round calls each variant once, in turn, so all see the same machine state."""
+    """Seconds of each timed call per variant, and each variant's first output. Every round times
+    each variant once, in turn, so all see the same machine state; the first ``warmup`` rounds are
+    dropped."""
     times: dict[str, list[float]] = {name: [] for name in calls}
     first: dict[str, np.ndarray] = {}
     for round_ in range(warmup + repeats):
         for name, call in calls.items():
-            t0 = time.perf_counter()
-            y = call()
-            dt = time.perf_counter() - t0
+            dt, y = timed_call(call)
             first.setdefault(name, y)
             if round_ >= warmup:
                 times[name].append(dt)
@@ -208,14 +241,16 @@ def sgemm_ceiling(n: int = 2048, tries: int = 3) -> float:
 
 def run_workload(w: Workload, repeats: int, warmup: int) -> dict:
     times, outputs = time_interleaved(make_calls(w), repeats, warmup)
-    # A check that both sides computed the same thing (same weights, same input): the padded outputs.
+    # Both sides must compute the same thing (same weights, same input): compare the padded outputs.
     diff = float(np.max(np.abs(outputs["fusedrnn"] - outputs["torch"])))
     flop = w.gemm_flop()
     variants = {}
     for name, ts in times.items():
         med = statistics.median(ts)
-        variants[name] = {"median_ms": med * 1e3, "gflops": flop / med / 1e9, "times_ms": [t * 1e3 for t in ts]}
-    return {"workload": asdict(w), "gemm_gflop": flop / 1e9, "max_abs_y_diff": diff, "variants": variants}
+        variants[name] = {"median_ms": med * 1e3, "gflops": flop / med / 1e9,
+                          "times_ms": [t * 1e3 for t in ts]}
+    return {"workload": asdict(w), "gemm_gflop": flop / 1e9, "max_abs_y_diff": diff,
+            "variants": variants}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,30 +286,40 @@ def environment(threads: int) -> dict:
 
 def header_lines(env: dict, ceiling: float) -> list[str]:
     return [
-        f"fusedrnn {env['fusedrnn']} (simd {env['simd']}, blas {env['blas']}, {env['fusedrnn_omp_threads']} "
-        f"OpenMP threads) vs torch {env['torch']} ({env['torch_threads']} threads) on {env['cpu']}, "
-        f"{env['cores']} cores",
+        f"fusedrnn {env['fusedrnn']} (simd {env['simd']}, blas {env['blas']}, OpenMP threads "
+        f"{env['fusedrnn_omp_threads']}) vs torch {env['torch']} (threads {env['torch_threads']}) "
+        f"on {env['cpu']}, {env['cores']} cores, --threads {env['threads']}",
         f"reference: numpy {env['numpy']} sgemm 2048^3, best of 3: {ceiling:.0f} GFLOP/s",
     ]
 
 
+# A median this much above the fastest call means other work shared the machine during the run.
+NOISY = 1.25
+
+
+def fmt_ms(variant: dict) -> str:
+    noisy = variant["median_ms"] > NOISY * min(variant["times_ms"])
+    return f"{variant['median_ms']:.2f}" + (" *" if noisy else "")
+
+
 def table_lines(results: list[dict]) -> list[str]:
     """One row per torch variant: W6 gets a second row comparing against torch's packed sequence."""
-    lines = [
-        "| id | workload | fusedrnn ms | fusedrnn GFLOP/s | torch ms | torch GFLOP/s | speedup | max abs y diff |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    columns = ["id", "workload", "fusedrnn ms", "fusedrnn GFLOP/s", "torch ms", "torch GFLOP/s",
+               "speedup", "max abs y diff"]
+    lines = ["| " + " | ".join(columns) + " |", "| --- | --- |" + " ---: |" * (len(columns) - 2)]
     for r in results:
         w, v = r["workload"], r["variants"]
         ours = v["fusedrnn"]
         for name in (n for n in v if n != "fusedrnn"):
             theirs = v[name]
             label = w["id"] if name == "torch" else f"{w['id']} ({name})"
-            desc = w["desc"] + (", padded" if w["lengths"] is not None and name == "torch" else "")
-            lines.append(
-                f"| {label} | {desc} | {ours['median_ms']:.2f} | {ours['gflops']:.1f} | {theirs['median_ms']:.2f} "
-                f"| {theirs['gflops']:.1f} | {theirs['median_ms'] / ours['median_ms']:.2f}x | {r['max_abs_y_diff']:.1e} |"
-            )
+            padded = w["lengths"] is not None and name == "torch"
+            cells = [label, w["desc"] + (", padded" if padded else ""),
+                     fmt_ms(ours), f"{ours['gflops']:.1f}",
+                     fmt_ms(theirs), f"{theirs['gflops']:.1f}",
+                     f"{theirs['median_ms'] / ours['median_ms']:.2f}x",
+                     f"{r['max_abs_y_diff']:.1e}"]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -298,14 +343,17 @@ def main(args: argparse.Namespace) -> int:
     print()
     print("\n".join(table_lines(results)))
     print()
-    print(f"median of {args.repeats} interleaved calls after {args.warmup} warm-up(s); GFLOP/s = BENCH.md GEMM "
-          "FLOPs (W6: useful, true lengths); speedup = torch ms / fusedrnn ms")
+    print(f"median of {args.repeats} interleaved timed calls after {args.warmup} warm-up round(s), "
+          f"each after {SETTLE_S} s idle and {PRIME_S * 1e3:.0f} ms of untimed calls; GFLOP/s: "
+          "BENCH.md GEMM FLOPs (W6: useful, true lengths); speedup: torch ms / fusedrnn ms; "
+          f"* noisy: median > {NOISY} x fastest call, the machine was busy, rerun")
     elapsed = time.perf_counter() - start
     print(f"total {elapsed:.1f} s", file=sys.stderr)
 
     if args.json:
         report = {"environment": env, "sgemm_2048_gflops": ceiling, "repeats": args.repeats,
-                  "warmup": args.warmup, "results": results, "total_s": elapsed}
+                  "warmup": args.warmup, "settle_s": SETTLE_S, "prime_s": PRIME_S,
+                  "results": results, "total_s": elapsed}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 0
