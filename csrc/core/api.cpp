@@ -51,20 +51,25 @@ void dispatch(DType dtype, Fn&& fn) {
   }
 }
 
+// Empty problems: with N = 0 there is nothing to do; with T = 0 the final states are the initial
+// ones (and the state gradients pass straight through), zeros when absent. True when handled.
+bool done_if_empty(const Plan& p, void* h_out, const void* h_in, void* c_out, const void* c_in) {
+  if (p.N == 0) return true;
+  if (p.T != 0) return false;
+  const int64_t count = p.desc.num_layers * p.desc.directions() * p.N * p.desc.hidden_size;
+  dispatch(p.desc.dtype, [&](auto v) {
+    using T = decltype(v);
+    fill_state<T>(h_out, h_in, count);
+    if (p.desc.mode == Mode::kLstm) fill_state<T>(c_out, c_in, count);
+  });
+  return true;
+}
+
 }  // namespace
 
 void forward(const Plan& p, const ForwardArgs& a) {
   const int64_t D = p.desc.directions(), H = p.desc.hidden_size;
-  const int64_t state = p.desc.num_layers * D * p.N * H;
-  if (p.N == 0) return;
-  if (p.T == 0) {
-    dispatch(p.desc.dtype, [&](auto v) {
-      using T = decltype(v);
-      fill_state<T>(a.hy, a.hx, state);
-      if (p.desc.mode == Mode::kLstm) fill_state<T>(a.cy, a.cx, state);
-    });
-    return;
-  }
+  if (done_if_empty(p, a.hy, a.hx, a.cy, a.cx)) return;
   check_ptr(a.x, "x");
   check_ptr(a.w, "weights");
   check_ptr(a.y, "y");
@@ -79,16 +84,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
   FUSEDRNN_CHECK(p.training, ValueError,
                  "plan: backward needs a plan made with training=true and its forward's reserve");
   const int64_t D = p.desc.directions(), H = p.desc.hidden_size;
-  const int64_t state = p.desc.num_layers * D * p.N * H;
-  if (p.N == 0) return;
-  if (p.T == 0) {
-    dispatch(p.desc.dtype, [&](auto v) {
-      using T = decltype(v);
-      fill_state<T>(a.dhx, a.dhy, state);
-      if (p.desc.mode == Mode::kLstm) fill_state<T>(a.dcx, a.dcy, state);
-    });
-    return;
-  }
+  if (done_if_empty(p, a.dhx, a.dhy, a.dcx, a.dcy)) return;
   check_ptr(a.w, "weights");
   check_ptr(a.dx, "dx");
   check_ptr(a.reserve, "reserve");
