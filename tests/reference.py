@@ -94,74 +94,104 @@ def _sigmoid(a):
     return 1.0 / (1.0 + np.exp(-a))
 
 
-def _cell_forward(mode, x, h, c, wih, whh, bih, bhh):
+# Activations as (function, derivative with respect to the pre-activation a).
+ACTIVATIONS = {
+    "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
+    "sigmoid": (_sigmoid, lambda a: _sigmoid(a) * (1.0 - _sigmoid(a))),
+    "hard_sigmoid": (lambda a: np.clip(a / 6.0 + 0.5, 0.0, 1.0),
+                     lambda a: np.where((a > -3.0) & (a < 3.0), 1.0 / 6.0, 0.0).astype(a.dtype)),
+    "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0.0).astype(a.dtype)),
+    "linear": (lambda a: a, lambda a: np.ones_like(a)),
+}
+
+
+def default_activation(mode):
+    return "relu" if mode == "rnn_relu" else "tanh"
+
+
+def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after):
+    """act, rec: activation names (cell, gates)."""
     H = h.shape[1]
+    f_act, f_rec = ACTIVATIONS[act][0], ACTIVATIONS[rec][0]
     gi = x @ wih.T + bih          # (N, G*H)
-    gh = h @ whh.T + bhh          # (N, G*H)
     if mode == "lstm":
-        a = gi + gh
-        i = _sigmoid(a[:, 0 * H:1 * H])
-        f = _sigmoid(a[:, 1 * H:2 * H])
-        g = np.tanh(a[:, 2 * H:3 * H])
-        o = _sigmoid(a[:, 3 * H:4 * H])
+        a = gi + h @ whh.T + bhh
+        ai, af, ag, ao = (a[:, k * H:(k + 1) * H] for k in range(4))
+        i, f, g, o = f_rec(ai), f_rec(af), f_act(ag), f_rec(ao)
         c_new = f * c + i * g
-        tc = np.tanh(c_new)
-        h_new = o * tc
-        return h_new, c_new, dict(x=x, h=h, c=c, i=i, f=f, g=g, o=o, tc=tc)
+        h_new = o * f_act(c_new)
+        return h_new, c_new, dict(x=x, h=h, c=c, ai=ai, af=af, ag=ag, ao=ao, i=i, f=f, g=g, o=o,
+                                  c_new=c_new)
     if mode == "gru":
-        r = _sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])
-        z = _sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])
-        ghn = gh[:, 2 * H:3 * H]
-        n = np.tanh(gi[:, 2 * H:3 * H] + r * ghn)
+        gh_rz = h @ whh[:2 * H].T + bhh[:2 * H]
+        ar = gi[:, :H] + gh_rz[:, :H]
+        az = gi[:, H:2 * H] + gh_rz[:, H:]
+        r, z = f_rec(ar), f_rec(az)
+        if reset_after:
+            ghn = h @ whh[2 * H:].T + bhh[2 * H:]
+            an = gi[:, 2 * H:] + r * ghn
+            rh = None
+        else:
+            rh = r * h
+            ghn = rh @ whh[2 * H:].T + bhh[2 * H:]
+            an = gi[:, 2 * H:] + ghn
+        n = f_act(an)
         h_new = (1.0 - z) * n + z * h
-        return h_new, None, dict(x=x, h=h, r=r, z=z, n=n, ghn=ghn)
-    a = gi + gh
-    if mode == "rnn_tanh":
-        h_new = np.tanh(a)
-    else:
-        h_new = np.maximum(a, 0.0)
-    return h_new, None, dict(x=x, h=h, a=a, h_new=h_new)
+        return h_new, None, dict(x=x, h=h, ar=ar, az=az, an=an, r=r, z=z, n=n, ghn=ghn, rh=rh)
+    a = gi + h @ whh.T + bhh
+    return f_act(a), None, dict(x=x, h=h, a=a)
 
 
-def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads):
+def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_after):
     """Returns (dx, dh, dc)."""
+    f_act, d_act = ACTIVATIONS[act]
+    d_rec = ACTIVATIONS[rec][1]
     if mode == "lstm":
-        i, f, g, o, tc = sc["i"], sc["f"], sc["g"], sc["o"], sc["tc"]
-        dc = dc_new + dh_new * o * (1.0 - tc * tc)
-        do = dh_new * tc
+        i, f, g, o, c_new = sc["i"], sc["f"], sc["g"], sc["o"], sc["c_new"]
+        dc = dc_new + dh_new * o * d_act(c_new)
+        do = dh_new * f_act(c_new)
         di = dc * g
         dg = dc * i
         df = dc * sc["c"]
         dc_prev = dc * f
-        da = np.concatenate([di * i * (1.0 - i),
-                             df * f * (1.0 - f),
-                             dg * (1.0 - g * g),
-                             do * o * (1.0 - o)], axis=1)
+        da = np.concatenate([di * d_rec(sc["ai"]), df * d_rec(sc["af"]), dg * d_act(sc["ag"]),
+                             do * d_rec(sc["ao"])], axis=1)
         dgi = dgh = da
+        dx = dgi @ wih
+        dh_prev = dgh @ whh
+        grads["whh"] += dgh.T @ sc["h"]
     elif mode == "gru":
-        r, z, n, ghn, h = sc["r"], sc["z"], sc["n"], sc["ghn"], sc["h"]
+        r, z, n, h = sc["r"], sc["z"], sc["n"], sc["h"]
+        H = h.shape[1]
         dn = dh_new * (1.0 - z)
         dz = dh_new * (h - n)
-        dan = dn * (1.0 - n * n)          # grad of n's pre-activation
-        dr = dan * ghn
-        dar = dr * r * (1.0 - r)
-        daz = dz * z * (1.0 - z)
+        dan = dn * d_act(sc["an"])          # grad of n's pre-activation
+        daz = dz * d_rec(sc["az"])
+        if reset_after:
+            dr = dan * sc["ghn"]
+            dar = dr * d_rec(sc["ar"])
+            dgh = np.concatenate([dar, daz, dan * r], axis=1)
+            dh_prev = dgh @ whh + dh_new * z
+            grads["whh"] += dgh.T @ h
+        else:
+            drh = dan @ whh[2 * H:]
+            dr = drh * h
+            dar = dr * d_rec(sc["ar"])
+            dgh = np.concatenate([dar, daz, dan], axis=1)
+            dh_prev = dgh[:, :2 * H] @ whh[:2 * H] + drh * r + dh_new * z
+            grads["whh"][:2 * H] += dgh[:, :2 * H].T @ h
+            grads["whh"][2 * H:] += dan.T @ sc["rh"]
         dgi = np.concatenate([dar, daz, dan], axis=1)
-        dgh = np.concatenate([dar, daz, dan * r], axis=1)
+        dx = dgi @ wih
         dc_prev = None
     else:
-        if mode == "rnn_tanh":
-            da = dh_new * (1.0 - sc["h_new"] ** 2)
-        else:
-            da = dh_new * (sc["a"] > 0.0)
+        da = dh_new * d_act(sc["a"])
         dgi = dgh = da
+        dx = dgi @ wih
+        dh_prev = dgh @ whh
+        grads["whh"] += dgh.T @ sc["h"]
         dc_prev = None
-    dx = dgi @ wih
-    dh_prev = dgh @ whh
-    if mode == "gru":
-        dh_prev = dh_prev + dh_new * z
     grads["wih"] += dgi.T @ sc["x"]
-    grads["whh"] += dgh.T @ sc["h"]
     grads["bih"] += dgi.sum(axis=0)
     grads["bhh"] += dgh.sum(axis=0)
     return dx, dh_prev, dc_prev
@@ -171,27 +201,34 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads):
 # Full network
 # --------------------------------------------------------------------------
 
-def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None):
-    """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm."""
+def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activation=None,
+            recurrent_activation="sigmoid", reset_after=True, dtype=np.float64):
+    """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm.
+
+    activation: cell activation (LSTM g and c, GRU n, RNN h), default tanh (relu for rnn_relu);
+    recurrent_activation: gate activation (LSTM i, f, o; GRU r, z); reset_after: GRU form.
+    dtype: the arithmetic (float64, the oracle; float32 gives a yardstick for float32 error)."""
     _check_mode(mode)
-    x = np.asarray(x, dtype=np.float64)
+    act = default_activation(mode) if activation is None else activation
+    rec = recurrent_activation
+    x = np.asarray(x, dtype=dtype)
     T, N, C = x.shape
     D = 2 if bidirectional else 1
     is_lstm = mode == "lstm"
-    params = {k: v.astype(np.float64) for k, v in
+    params = {k: v.astype(dtype) for k, v in
               unpack(np.asarray(flat), mode, C, H, L, bidirectional).items()}
-    h0 = np.zeros((L * D, N, H)) if h0 is None else np.asarray(h0, dtype=np.float64)
+    h0 = np.zeros((L * D, N, H), dtype) if h0 is None else np.asarray(h0, dtype=dtype)
     if is_lstm:
-        c0 = np.zeros((L * D, N, H)) if c0 is None else np.asarray(c0, dtype=np.float64)
+        c0 = np.zeros((L * D, N, H), dtype) if c0 is None else np.asarray(c0, dtype=dtype)
     assert h0.shape == (L * D, N, H)
     assert not is_lstm or c0.shape == (L * D, N, H)
 
-    hN = np.zeros((L * D, N, H))
-    cN = np.zeros((L * D, N, H)) if is_lstm else None
+    hN = np.zeros((L * D, N, H), dtype)
+    cN = np.zeros((L * D, N, H), dtype) if is_lstm else None
     layer_in = x
     step_caches = {}            # (l, d) -> list indexed by time step t
     for l in range(L):
-        layer_out = np.zeros((T, N, D * H))
+        layer_out = np.zeros((T, N, D * H), dtype)
         for d in range(D):
             wih, whh, bih, bhh = (params[k] for k in _names(l, d))
             h = h0[l * D + d]
@@ -199,7 +236,8 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None):
             caches = [None] * T
             times = range(T) if d == 0 else range(T - 1, -1, -1)
             for t in times:
-                h, c, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih, bhh)
+                h, c, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih, bhh,
+                                                act, rec, reset_after)
                 layer_out[t, :, d * H:(d + 1) * H] = h
             step_caches[(l, d)] = caches
             hN[l * D + d] = h
@@ -207,7 +245,7 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None):
                 cN[l * D + d] = c
         layer_in = layer_out
     y = layer_in
-    cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D,
+    cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype, act=act, rec=rec, reset_after=reset_after,
                  bidirectional=bidirectional, params=params, steps=step_caches)
     return y, hN, cN, cache
 
@@ -217,19 +255,20 @@ def backward(cache, dy=None, dhN=None, dcN=None):
     mode, T, N, C, H, L, D = (cache[k] for k in ("mode", "T", "N", "C", "H", "L", "D"))
     is_lstm = mode == "lstm"
     params = cache["params"]
-    dy = np.zeros((T, N, D * H)) if dy is None else np.asarray(dy, dtype=np.float64)
-    dhN = np.zeros((L * D, N, H)) if dhN is None else np.asarray(dhN, dtype=np.float64)
+    dtype = cache["dtype"]
+    dy = np.zeros((T, N, D * H), dtype) if dy is None else np.asarray(dy, dtype=dtype)
+    dhN = np.zeros((L * D, N, H), dtype) if dhN is None else np.asarray(dhN, dtype=dtype)
     if is_lstm:
-        dcN = np.zeros((L * D, N, H)) if dcN is None else np.asarray(dcN, dtype=np.float64)
+        dcN = np.zeros((L * D, N, H), dtype) if dcN is None else np.asarray(dcN, dtype=dtype)
     assert dy.shape == (T, N, D * H) and dhN.shape == (L * D, N, H)
 
     dparams = {k: np.zeros_like(v) for k, v in params.items()}
-    dh0 = np.zeros((L * D, N, H))
-    dc0 = np.zeros((L * D, N, H)) if is_lstm else None
+    dh0 = np.zeros((L * D, N, H), dtype)
+    dc0 = np.zeros((L * D, N, H), dtype) if is_lstm else None
     d_out = dy                        # gradient w.r.t. the current layer's output
     for l in range(L - 1, -1, -1):
         c_in = C if l == 0 else D * H
-        d_in = np.zeros((T, N, c_in))
+        d_in = np.zeros((T, N, c_in), dtype)
         for d in range(D):
             nwih, nwhh, nbih, nbhh = _names(l, d)
             wih, whh = params[nwih], params[nwhh]
@@ -242,7 +281,8 @@ def backward(cache, dy=None, dhN=None, dcN=None):
             times = range(T - 1, -1, -1) if d == 0 else range(T)
             for t in times:
                 dh_total = dh + d_out[t, :, d * H:(d + 1) * H]
-                dx_t, dh, dc = _cell_backward(mode, caches[t], dh_total, dc, wih, whh, grads)
+                dx_t, dh, dc = _cell_backward(mode, caches[t], dh_total, dc, wih, whh, grads,
+                                              cache["act"], cache["rec"], cache["reset_after"])
                 d_in[t] += dx_t
             dh0[l * D + d] = dh
             if is_lstm:

@@ -125,7 +125,9 @@ std::vector<int64_t> state_shape(const Plan& p) {
 }
 
 RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_size,
-                  int64_t num_layers, bool bidirectional, const std::string& dtype) {
+                  int64_t num_layers, bool bidirectional, const std::string& dtype,
+                  const py::object& activation = py::none(),
+                  const std::string& recurrent_activation = "sigmoid", bool reset_after = true) {
   RnnDesc d;
   d.mode = parse_mode(mode);
   d.input_size = input_size;
@@ -133,6 +135,10 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
   d.num_layers = num_layers;
   d.bidirectional = bidirectional;
   d.dtype = parse_dtype(dtype);
+  d.activation = activation.is_none() ? default_activation(d.mode)
+                                      : parse_activation(py::cast<std::string>(activation));
+  d.recurrent_activation = parse_activation(recurrent_activation);
+  d.reset_after = reset_after;
   validate(d);
   return d;
 }
@@ -155,19 +161,27 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Plan>(m, "Plan")
       .def(py::init([](const std::string& mode, int64_t input_size, int64_t hidden_size,
                        int64_t num_layers, bool bidirectional, const std::string& dtype, int64_t T,
-                       int64_t N, bool training) {
-             return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional, dtype),
+                       int64_t N, bool training, const py::object& activation,
+                       const std::string& recurrent_activation, bool reset_after) {
+             return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
+                                        dtype, activation, recurrent_activation, reset_after),
                               T, N, training);
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
            py::arg("bidirectional"), py::arg("dtype"), py::arg("T"), py::arg("N"),
-           py::arg("training"))
+           py::arg("training"), py::kw_only(), py::arg("activation") = py::none(),
+           py::arg("recurrent_activation") = "sigmoid", py::arg("reset_after") = true)
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
       .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
       .def_property_readonly("hidden_size", [](const Plan& p) { return p.desc.hidden_size; })
       .def_property_readonly("num_layers", [](const Plan& p) { return p.desc.num_layers; })
       .def_property_readonly("bidirectional", [](const Plan& p) { return p.desc.bidirectional; })
+      .def_property_readonly("activation",
+                             [](const Plan& p) { return activation_name(p.desc.activation); })
+      .def_property_readonly("recurrent_activation",
+                             [](const Plan& p) { return activation_name(p.desc.recurrent_activation); })
+      .def_property_readonly("reset_after", [](const Plan& p) { return p.desc.reset_after; })
       .def_readonly("T", &Plan::T)
       .def_readonly("N", &Plan::N)
       .def_readonly("training", &Plan::training)

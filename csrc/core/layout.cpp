@@ -71,6 +71,31 @@ int64_t checked_count(const RnnDesc& d) {
 }
 }  // namespace
 
+Activation parse_activation(const std::string& name) {
+  if (name == "tanh") return Activation::kTanh;
+  if (name == "sigmoid") return Activation::kSigmoid;
+  if (name == "hard_sigmoid") return Activation::kHardSigmoid;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "linear") return Activation::kLinear;
+  throw ValueError("activation: expected one of 'tanh', 'sigmoid', 'hard_sigmoid', 'relu', 'linear', got '" +
+                   name + "'");
+}
+
+std::string activation_name(Activation act) {
+  switch (act) {
+    case Activation::kTanh: return "tanh";
+    case Activation::kSigmoid: return "sigmoid";
+    case Activation::kHardSigmoid: return "hard_sigmoid";
+    case Activation::kRelu: return "relu";
+    case Activation::kLinear: return "linear";
+  }
+  return "?";
+}
+
+Activation default_activation(Mode mode) {
+  return mode == Mode::kRnnRelu ? Activation::kRelu : Activation::kTanh;
+}
+
 void validate(const RnnDesc& d) {
   const int64_t kMaxDim = std::numeric_limits<int32_t>::max() / 8;
   FUSEDRNN_CHECK(d.input_size >= 1 && d.input_size <= kMaxDim, ValueError,
@@ -79,6 +104,9 @@ void validate(const RnnDesc& d) {
                  "hidden_size: expected an integer in [1, ", kMaxDim, "], got ", d.hidden_size);
   FUSEDRNN_CHECK(d.num_layers >= 1 && d.num_layers <= 1024, ValueError,
                  "num_layers: expected an integer in [1, 1024], got ", d.num_layers);
+  FUSEDRNN_CHECK(d.reset_after || d.mode == Mode::kGru, ValueError,
+                 "reset_after: only mode 'gru' has a reset gate, got reset_after=false for mode '",
+                 mode_name(d.mode), "'");
   checked_count(d);
 }
 

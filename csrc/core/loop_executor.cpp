@@ -21,7 +21,7 @@ template <typename T>
 struct Net {
   const Plan& p;
   int64_t T_, N, H, G, GH, D, L, SH;
-  bool lstm, gru;
+  bool lstm, gru, rb;  // rb: GRU with the reset gate before the recurrent product
   explicit Net(const Plan& plan)
       : p(plan),
         T_(plan.T),
@@ -33,7 +33,8 @@ struct Net {
         L(plan.desc.num_layers),
         SH(plan.gate_slots * plan.desc.hidden_size),
         lstm(plan.desc.mode == Mode::kLstm),
-        gru(plan.desc.mode == Mode::kGru) {}
+        gru(plan.desc.mode == Mode::kGru),
+        rb(plan.desc.gru_reset_before()) {}
 
   // Steps of direction `dir` in processing order: s-th step is time index t.
   int64_t time_of(int dir, int64_t s) const { return dir == 0 ? s : T_ - 1 - s; }
@@ -60,12 +61,14 @@ void copy_rows(T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t N, 
   for (int64_t n = 0; n < N; ++n) std::memcpy(dst + n * ld_dst, src + n * ld_src, sizeof(T) * H);
 }
 
-// Folds b_ih + b_hh into one vector (G*H); GRU keeps its recurrent n-bias apart, after it (H).
+// Folds b_ih + b_hh into one vector (G*H); the reset-after GRU keeps its recurrent n-bias apart,
+// after it (H), since r multiplies it.
 template <typename T>
 void fold_bias(const Net<T>& net, const T* b_ih, const T* b_hh, T* out) {
-  const int64_t fold = net.gru ? 2 * net.H : net.GH;
+  const bool apart = net.gru && !net.rb;
+  const int64_t fold = apart ? 2 * net.H : net.GH;
   for (int64_t k = 0; k < fold; ++k) out[k] = b_ih[k] + b_hh[k];
-  if (net.gru) {
+  if (apart) {
     for (int64_t j = 0; j < net.H; ++j) {
       out[2 * net.H + j] = b_ih[2 * net.H + j];
       out[3 * net.H + j] = b_hh[2 * net.H + j];
@@ -152,6 +155,8 @@ void forward(const Plan& p, const ForwardArgs& a) {
           StepForward<T> st;
           st.N = N;
           st.H = H;
+          st.act = p.desc.activation;
+          st.rec = p.desc.recurrent_activation;
           st.gx = gx + (t - t0) * N * ld_gx;
           st.ld_gx = ld_gx;
           st.bias = bias;
@@ -162,11 +167,15 @@ void forward(const Plan& p, const ForwardArgs& a) {
             st.h_prev = O.row(tp) + dir * H;
             st.ld_hp = O.sn;
           }
-          if (first && !a.hx) {
-            st.gh = zeros;  // h0 = 0: the recurrent projection is zero, skip its GEMM
+          // h0 = 0: the recurrent projection is zero, skip its GEMM(s)
+          const bool zero_h = first && !a.hx;
+          if (zero_h) {
+            st.gh = zeros;
             st.ld_gh = 0;
           } else {
-            cpu::gemm<T>(false, true, N, GH, H, T(1), st.h_prev, st.ld_hp, w_hh, H, T(0), gh, GH);
+            // the reset-before GRU projects only r and z here; n waits for r*h
+            cpu::gemm<T>(false, true, N, net.rb ? 2 * H : GH, H, T(1), st.h_prev, st.ld_hp, w_hh, H,
+                         T(0), gh, GH);
             st.gh = gh;
             st.ld_gh = GH;
           }
@@ -185,12 +194,16 @@ void forward(const Plan& p, const ForwardArgs& a) {
             st.y_out = Yuser.row(t) + dir * H;
             st.ld_yo = Yuser.sn;
           }
-          if (p.training) {
-            st.gates = const_cast<T*>(st.gx);
-            st.ld_g = ld_gx;
-            cell.forward_train(st);
-          } else {
-            cell.forward_infer(st);
+          if (net.rb) {  // training saves r*h in the gate row's fourth slot
+            st.rh = p.training ? st.gx + 3 * H : ws + p.ws.rh;
+            st.ld_rh = p.training ? ld_gx : H;
+          }
+          (p.training ? cell.forward_train : cell.forward_infer)(st);
+          if (net.rb) {
+            if (!zero_h)
+              cpu::gemm<T>(false, true, N, H, H, T(1), st.rh, st.ld_rh, w_hh + 2 * H * H, H, T(0),
+                           gh + 2 * H, GH);
+            cell.forward2(st);
           }
         }
       }
@@ -255,6 +268,8 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
         StepBackward<T> st;
         st.N = N;
         st.H = H;
+        st.act = p.desc.activation;
+        st.rec = p.desc.recurrent_activation;
         st.dy = dY.row(t) + dir * H;
         st.ld_dy = dY.sn;
         st.dh = dh;
@@ -276,9 +291,20 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
         st.dg = grads + t * N * net.SH;
         st.ld_dg = net.SH;
         cell.backward(st);
-        // dh_{t-1} = dG_h W_hh (+ the GRU's direct z*dh term, which the kernel left in dh).
-        cpu::gemm<T>(false, false, N, H, GH, T(1), st.dg, net.SH, w_hh, H, net.gru ? T(1) : T(0),
-                     dh, H);
+        if (net.rb) {
+          // d(r*h) = dn W_hn, then r's gradient and the path through r*h; dh_{t-1} adds dG_rz W_hrz
+          T* drh = ws + p.ws.rh;
+          cpu::gemm<T>(false, false, N, H, H, T(1), st.dg + 2 * H, net.SH, w_hh + 2 * H * H, H,
+                       T(0), drh, H);
+          st.drh = drh;
+          st.ld_drh = H;
+          cell.backward2(st);
+          cpu::gemm<T>(false, false, N, H, 2 * H, T(1), st.dg, net.SH, w_hh, H, T(1), dh, H);
+        } else {
+          // dh_{t-1} = dG_h W_hh (+ the GRU's direct z*dh term, which the kernel left in dh)
+          cpu::gemm<T>(false, false, N, H, GH, T(1), st.dg, net.SH, w_hh, H,
+                       net.gru ? T(1) : T(0), dh, H);
+        }
       }
       if (a.dhx) copy_rows(static_cast<T*>(a.dhx) + si * N * H, H, dh, H, N, H);
       if (a.dcx && net.lstm) copy_rows(static_cast<T*>(a.dcx) + si * N * H, H, dc, H, N, H);
@@ -286,7 +312,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
       // Input gradient of the whole layer: dX (+)= dG_x W_ih; both directions add into it.
       const Rows<const T> dG = net.slots(grads).as_const();
       const T beta = dir == 0 ? T(0) : T(1);
-      if (net.gru) {  // dG_x = [dr, dz | dn] lives in slots 0, 1 and 3
+      if (net.gru && !net.rb) {  // dG_x = [dr, dz | dn] lives in slots 0, 1 and 3
         gemm_rows<T>(T_, N, dG, 2 * H, false, w_ih, cin, cin, beta, dX);
         gemm_rows<T>(T_, N, dG.shifted(0, 3 * H), H, false, w_ih + 2 * H * cin, cin, cin, T(1), dX);
       } else {
@@ -314,24 +340,32 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
       const LayerParams off = layer_param_offsets(p.desc, l, dir);
       const Rows<const T> dG = net.slots(const_cast<T*>(rs) + p.reserve.grads[si]).as_const();
 
+      const bool split = net.gru && !net.rb;  // reset-after GRU: dG_x = [dr, dz | dn], slots 0, 1, 3
       // dW_ih += dG_x^T X
-      if (net.gru) {
+      if (split) {
         gemm_rows_tn<T>(T_, N, dG, 2 * H, X, cin, dw + off.w_ih, cin);
         gemm_rows_tn<T>(T_, N, dG.shifted(0, 3 * H), H, X, cin, dw + off.w_ih + 2 * H * cin, cin);
       } else {
         gemm_rows_tn<T>(T_, N, dG, GH, X, cin, dw + off.w_ih, cin);
       }
       // dW_hh += dG_h^T H_prev: every step but the first pairs with the layer's own output one
-      // step earlier in processing order; the first pairs with h0 (nothing when h0 is zero).
+      // step earlier in processing order; the first pairs with h0 (nothing when h0 is zero). The
+      // reset-before GRU does this for r and z; its n rows pair with the saved r*h of the same step.
+      const int64_t mh = net.rb ? 2 * H : GH;
       if (T_ > 1) {
         const Rows<const T> dGh = dir == 0 ? dG.shifted(1) : dG;
         const Rows<const T> Hp = dir == 0 ? O.shifted(0, dir * H) : O.shifted(1, dir * H);
-        gemm_rows_tn<T>(T_ - 1, N, dGh, GH, Hp, H, dw + off.w_hh, H);
+        gemm_rows_tn<T>(T_ - 1, N, dGh, mh, Hp, H, dw + off.w_hh, H);
       }
       if (a.hx && T_ > 0) {
         const int64_t t_first = net.time_of(dir, 0);
         const Rows<const T> h0{static_cast<const T*>(a.hx) + si * N * H, 0, H};
-        gemm_rows_tn<T>(1, N, dG.shifted(t_first), GH, h0, H, dw + off.w_hh, H);
+        gemm_rows_tn<T>(1, N, dG.shifted(t_first), mh, h0, H, dw + off.w_hh, H);
+      }
+      if (net.rb) {
+        const Rows<const T> RH = net.slots(const_cast<T*>(rs) + p.reserve.gates[si]).as_const();
+        gemm_rows_tn<T>(T_, N, dG.shifted(0, 2 * H), H, RH.shifted(0, 3 * H), H,
+                        dw + off.w_hh + 2 * H * H, H);
       }
       // Bias gradients: column sums of the gate gradients over all (t, n).
       const int64_t rows = T_ * N, width = net.SH;
@@ -346,7 +380,7 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
       }
       T* db_ih = dw + off.b_ih;
       T* db_hh = dw + off.b_hh;
-      if (net.gru) {
+      if (split) {
         for (int64_t k = 0; k < 2 * H; ++k) db_ih[k] += static_cast<T>(colsum[k]);
         for (int64_t j = 0; j < H; ++j) db_ih[2 * H + j] += static_cast<T>(colsum[3 * H + j]);
         for (int64_t k = 0; k < GH; ++k) db_hh[k] += static_cast<T>(colsum[k]);

@@ -61,7 +61,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   p.N = N;
   p.training = training;
   p.executor = ExecutorKind::kLoop;
-  p.kernels = cpu::select_cell_kernels(desc.mode);
+  p.kernels = cpu::select_cell_kernels(cpu::cell_kind(desc));
 
   const int64_t H = desc.hidden_size, D = desc.directions(), L = desc.num_layers;
   const int64_t GH = num_gates(desc.mode) * H;
@@ -76,6 +76,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   p.ws.zeros = ws.take(std::max<int64_t>(p.gate_slots, 2), H);
   p.ws.bias = ws.take(GH + H);
   p.ws.gh = ws.take(N, GH);
+  if (desc.gru_reset_before()) p.ws.rh = ws.take(N, H);
   if (L >= 2) p.ws.inter[0] = ws.take(T, N, D * H);
   if (L >= 3) p.ws.inter[1] = ws.take(T, N, D * H);
   if (training) {

@@ -17,7 +17,10 @@ namespace fusedrnn {
 template <typename T>
 struct StepForward {
   int64_t N = 0, H = 0;
-  const T* gx = nullptr;     int64_t ld_gx = 0;  // (N, G*H) input projection, no bias
+  Activation act = Activation::kTanh;      // cell activation
+  Activation rec = Activation::kSigmoid;   // gate activation
+  T* gx = nullptr;           int64_t ld_gx = 0;  // in: (N, G*H) input projection, no bias;
+                                                 // out: gate activations in place (saved gates)
   const T* gh = nullptr;     int64_t ld_gh = 0;  // (N, G*H) recurrent projection, no bias
   const T* bias = nullptr;                       // (G*H) folded biases; GRU: then (H) recurrent n-bias
   const T* h_prev = nullptr; int64_t ld_hp = 0;  // (N, H) previous hidden state (read by GRU)
@@ -25,12 +28,14 @@ struct StepForward {
   T* h_out = nullptr;        int64_t ld_ho = 0;  // (N, H) new hidden state
   T* y_out = nullptr;        int64_t ld_yo = 0;  // optional second copy of the new hidden state
   T* c_out = nullptr;        int64_t ld_co = 0;  // (N, H) new cell state (LSTM); may alias c_prev
-  T* gates = nullptr;        int64_t ld_g = 0;   // training: (N, slots*H) saved gates; may alias gx
+  T* rh = nullptr;           int64_t ld_rh = 0;  // GRU reset-before: (N, H) r*h_prev, out of part 1
 };
 
 template <typename T>
 struct StepBackward {
   int64_t N = 0, H = 0;
+  Activation act = Activation::kTanh;
+  Activation rec = Activation::kSigmoid;
   const T* dy = nullptr;     int64_t ld_dy = 0;  // (N, H) gradient from this step's output
   T* dh = nullptr;           int64_t ld_dh = 0;  // in: dh from the later step; out (GRU): z*dh
   T* dc = nullptr;           int64_t ld_dc = 0;  // LSTM in: dc from the later step; out: dc earlier
@@ -39,14 +44,19 @@ struct StepBackward {
   const T* c_prev = nullptr; int64_t ld_cp = 0;  // LSTM: the previous cell state
   const T* h = nullptr;      int64_t ld_h = 0;   // RNN: this step's hidden output
   const T* h_prev = nullptr; int64_t ld_hp = 0;  // GRU: the previous hidden state
+  const T* drh = nullptr;    int64_t ld_drh = 0; // GRU reset-before part 2: d(r*h) = dn W_hn
   T* dg = nullptr;           int64_t ld_dg = 0;  // out: pre-activation gate gradients, slots*H per row
 };
 
+// One cell type's step functions. GRU reset-before splits each direction into two parts around a
+// second GEMM (the n-gate's recurrent product needs r first); the others leave part 2 null.
 template <typename T>
 struct CellFns {
   void (*forward_infer)(const StepForward<T>&) = nullptr;
   void (*forward_train)(const StepForward<T>&) = nullptr;
+  void (*forward2)(const StepForward<T>&) = nullptr;
   void (*backward)(const StepBackward<T>&) = nullptr;
+  void (*backward2)(const StepBackward<T>&) = nullptr;
 };
 
 struct CellKernels {
@@ -65,13 +75,17 @@ struct CellKernels {
 };
 
 namespace cpu {
+// The kinds of cell with kernels of their own (the RNN activations are a run-time choice).
+enum class CellKind { kLstm, kGru, kGruResetBefore, kRnn };
+CellKind cell_kind(const RnnDesc& desc);
+
 // Chooses the instruction set once per process (AVX2+FMA when the CPU has it).
-const CellKernels* select_cell_kernels(Mode mode);
+const CellKernels* select_cell_kernels(CellKind kind);
 const char* simd_level();
 
 // Per-ISA tables, defined in cell_avx2.cpp and cell_generic.cpp.
-const CellKernels* cell_kernels_avx2(Mode mode);
-const CellKernels* cell_kernels_generic(Mode mode);
+const CellKernels* cell_kernels_avx2(CellKind kind);
+const CellKernels* cell_kernels_generic(CellKind kind);
 void activations_avx2(const float* x, float* sigmoid, float* tanh, int64_t n);
 void activations_generic(const float* x, float* sigmoid, float* tanh, int64_t n);
 

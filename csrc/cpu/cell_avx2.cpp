@@ -3,7 +3,7 @@
 #include "cell_impl.h"
 
 namespace fusedrnn::cpu {
-const CellKernels* cell_kernels_avx2(Mode mode) { return avx2::table(mode, "avx2+fma"); }
+const CellKernels* cell_kernels_avx2(CellKind kind) { return avx2::table(kind, "avx2+fma"); }
 void activations_avx2(const float* x, float* sigmoid, float* tanh, int64_t n) {
   avx2::eval_activations(x, sigmoid, tanh, n);
 }

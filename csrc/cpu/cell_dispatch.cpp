@@ -24,11 +24,19 @@ bool use_avx2() {
 }
 }  // namespace
 
-const CellKernels* select_cell_kernels(Mode mode) {
+CellKind cell_kind(const RnnDesc& desc) {
+  switch (desc.mode) {
+    case Mode::kLstm: return CellKind::kLstm;
+    case Mode::kGru: return desc.reset_after ? CellKind::kGru : CellKind::kGruResetBefore;
+    default: return CellKind::kRnn;
+  }
+}
+
+const CellKernels* select_cell_kernels(CellKind kind) {
 #if defined(FUSEDRNN_HAVE_AVX2_TU)
-  if (use_avx2()) return cell_kernels_avx2(mode);
+  if (use_avx2()) return cell_kernels_avx2(kind);
 #endif
-  return cell_kernels_generic(mode);
+  return cell_kernels_generic(kind);
 }
 
 const char* simd_level() { return use_avx2() ? "avx2+fma" : "baseline"; }

@@ -3,7 +3,7 @@
 #include "cell_impl.h"
 
 namespace fusedrnn::cpu {
-const CellKernels* cell_kernels_generic(Mode mode) { return generic::table(mode, "baseline"); }
+const CellKernels* cell_kernels_generic(CellKind kind) { return generic::table(kind, "baseline"); }
 void activations_generic(const float* x, float* sigmoid, float* tanh, int64_t n) {
   generic::eval_activations(x, sigmoid, tanh, n);
 }

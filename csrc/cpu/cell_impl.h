@@ -76,12 +76,47 @@ static inline float act_sigmoid(float x) { return sigmoid_f(x); }
 static inline float act_tanh(float x) { return tanh_f(x); }
 static inline double act_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 static inline double act_tanh(double x) { return std::tanh(x); }
-template <typename T>
-static inline T act_relu(T x) {
-  return x > T(0) ? x : (x != x ? x : T(0));
+
+// Each activation as a type: f(x), and its derivative d(y) written in terms of the output y = f(x),
+// which is what the saved gates hold. Kernels are instantiated per activation through with_act, so
+// the choice is made once per call, outside the vectorised loops.
+struct ActTanh {
+  template <typename T> static T f(T x) { return act_tanh(x); }
+  template <typename T> static T d(T y) { return T(1) - y * y; }
+};
+struct ActSigmoid {
+  template <typename T> static T f(T x) { return act_sigmoid(x); }
+  template <typename T> static T d(T y) { return y * (T(1) - y); }
+};
+struct ActHardSigmoid {  // Keras 3: clip(x/6 + 1/2, 0, 1); NaN passes through
+  template <typename T> static T f(T x) {
+    T y = x * T(1.0 / 6.0) + T(0.5);
+    y = y < T(0) ? T(0) : y;
+    return y > T(1) ? T(1) : y;
+  }
+  template <typename T> static T d(T y) { return (y > T(0) && y < T(1)) ? T(1.0 / 6.0) : T(0); }
+};
+struct ActRelu {
+  template <typename T> static T f(T x) { return x < T(0) ? T(0) : x; }
+  template <typename T> static T d(T y) { return y > T(0) ? T(1) : T(0); }
+};
+struct ActLinear {
+  template <typename T> static T f(T x) { return x; }
+  template <typename T> static T d(T) { return T(1); }
+};
+
+template <typename Fn>
+static inline void with_act(Activation a, const Fn& fn) {
+  switch (a) {
+    case Activation::kTanh: return fn(ActTanh{});
+    case Activation::kSigmoid: return fn(ActSigmoid{});
+    case Activation::kHardSigmoid: return fn(ActHardSigmoid{});
+    case Activation::kRelu: return fn(ActRelu{});
+    case Activation::kLinear: return fn(ActLinear{});
+  }
 }
 
-// ---- row drivers ------------------------------------------------------------------------------------
+// ---- shared pieces ------------------------------------------------------------------------------------
 template <typename Body>
 static inline void for_rows(int64_t N, const Body& body) {
   for (int64_t n = 0; n < N; ++n) body(n);
@@ -92,35 +127,49 @@ static inline void copy_row(T* __restrict dst, const T* __restrict src, int64_t 
   std::memcpy(dst, src, sizeof(T) * H);
 }
 
+// g[j] = A(gx[j] + gh[j] + b[j]) over one gate block; g may alias gx.
+template <typename A, typename T>
+static inline void gate_block(T* g, const T* gx, const T* gh, const T* b, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) g[j] = A::f(gx[j] + gh[j] + b[j]);
+}
+
+// dg[j] *= A'(y[j]) over one gate block (turns a gradient of the output into one of the input).
+template <typename A, typename T>
+static inline void scale_by_derivative(T* dg, const T* y, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) dg[j] *= A::d(y[j]);
+}
+
 // ---- LSTM ---------------------------------------------------------------------------------------------
+// Gates i, f, g, o are computed in place over the input projection; in training that row is the
+// reserve's saved-gates row.
 template <typename T, bool Train>
 static void lstm_forward(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
-    const T* gx = s.gx + n * s.ld_gx;
+    T* g = s.gx + n * s.ld_gx;
     const T* gh = s.gh + n * s.ld_gh;
     const T* b = s.bias;
     const T* cp = s.c_prev + n * s.ld_cp;
     T* ho = s.h_out + n * s.ld_ho;
     T* co = s.c_out + n * s.ld_co;
-    T* g = Train ? s.gates + n * s.ld_g : nullptr;
+    with_act(s.rec, [&](auto R) {
+      using Rec = decltype(R);
+      gate_block<Rec>(g, g, gh, b, H);
+      gate_block<Rec>(g + H, g + H, gh + H, b + H, H);
+      gate_block<Rec>(g + 3 * H, g + 3 * H, gh + 3 * H, b + 3 * H, H);
+    });
+    with_act(s.act, [&](auto A) {
+      using Act = decltype(A);
+      gate_block<Act>(g + 2 * H, g + 2 * H, gh + 2 * H, b + 2 * H, H);
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      T gi = act_sigmoid(gx[j] + gh[j] + b[j]);
-      T gf = act_sigmoid(gx[H + j] + gh[H + j] + b[H + j]);
-      T gg = act_tanh(gx[2 * H + j] + gh[2 * H + j] + b[2 * H + j]);
-      T go = act_sigmoid(gx[3 * H + j] + gh[3 * H + j] + b[3 * H + j]);
-      T c = gf * cp[j] + gi * gg;
-      T h = go * act_tanh(c);
-      if constexpr (Train) {
-        g[j] = gi;
-        g[H + j] = gf;
-        g[2 * H + j] = gg;
-        g[3 * H + j] = go;
+      for (int64_t j = 0; j < H; ++j) {
+        T c = g[H + j] * cp[j] + g[j] * g[2 * H + j];
+        co[j] = c;
+        ho[j] = g[3 * H + j] * Act::f(c);
       }
-      co[j] = c;
-      ho[j] = h;
-    }
+    });
     if (s.y_out) copy_row(s.y_out + n * s.ld_yo, ho, H);
   });
 }
@@ -136,54 +185,62 @@ static void lstm_backward(const StepBackward<T>& s) {
     const T* c = s.c + n * s.ld_c;
     const T* cp = s.c_prev + n * s.ld_cp;
     T* dg = s.dg + n * s.ld_dg;
+    with_act(s.act, [&](auto A) {
+      using Act = decltype(A);
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      T gi = g[j], gf = g[H + j], gg = g[2 * H + j], go = g[3 * H + j];
-      T dhv = dy[j] + dh[j];
-      T tc = act_tanh(c[j]);
-      T dcv = dc[j] + dhv * go * (T(1) - tc * tc);
-      dc[j] = dcv * gf;
-      dg[j] = dcv * gg * gi * (T(1) - gi);
-      dg[H + j] = dcv * cp[j] * gf * (T(1) - gf);
-      dg[2 * H + j] = dcv * gi * (T(1) - gg * gg);
-      dg[3 * H + j] = dhv * tc * go * (T(1) - go);
-    }
+      for (int64_t j = 0; j < H; ++j) {
+        T gi = g[j], gf = g[H + j], gg = g[2 * H + j], go = g[3 * H + j];
+        T dhv = dy[j] + dh[j];
+        T ac = Act::f(c[j]);
+        T dcv = dc[j] + dhv * go * Act::d(ac);
+        dc[j] = dcv * gf;
+        dg[j] = dcv * gg;
+        dg[H + j] = dcv * cp[j];
+        dg[2 * H + j] = dcv * gi * Act::d(gg);
+        dg[3 * H + j] = dhv * ac;
+      }
+    });
+    with_act(s.rec, [&](auto R) {
+      using Rec = decltype(R);
+      scale_by_derivative<Rec>(dg, g, H);
+      scale_by_derivative<Rec>(dg + H, g + H, H);
+      scale_by_derivative<Rec>(dg + 3 * H, g + 3 * H, H);
+    });
   });
 }
 
-// ---- GRU (reset after) ------------------------------------------------------------------------------
+// ---- GRU, reset after (cuDNN / PyTorch / Keras default) --------------------------------------------
+// Saved gates [r, z, n, hn] with hn = W_hn h + b_hn. Gate-gradient row [dr, dz, dhn, dn], so that the
+// recurrent part (dr, dz, dhn) is contiguous for the per-step GEMM; the input part is (dr, dz) and dn.
 template <typename T, bool Train>
 static void gru_forward(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
-    const T* gx = s.gx + n * s.ld_gx;
+    T* g = s.gx + n * s.ld_gx;
     const T* gh = s.gh + n * s.ld_gh;
     const T* b = s.bias;
     const T* bhn = s.bias + 3 * H;
     const T* hp = s.h_prev + n * s.ld_hp;
     T* ho = s.h_out + n * s.ld_ho;
-    T* g = Train ? s.gates + n * s.ld_g : nullptr;
+    with_act(s.rec, [&](auto R) {
+      using Rec = decltype(R);
+      gate_block<Rec>(g, g, gh, b, 2 * H);
+    });
+    with_act(s.act, [&](auto A) {
+      using Act = decltype(A);
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      T r = act_sigmoid(gx[j] + gh[j] + b[j]);
-      T z = act_sigmoid(gx[H + j] + gh[H + j] + b[H + j]);
-      T hn = gh[2 * H + j] + bhn[j];
-      T nn = act_tanh(gx[2 * H + j] + b[2 * H + j] + r * hn);
-      T h = nn + z * (hp[j] - nn);
-      if constexpr (Train) {
-        g[j] = r;
-        g[H + j] = z;
+      for (int64_t j = 0; j < H; ++j) {
+        T hn = gh[2 * H + j] + bhn[j];
+        T nn = Act::f(g[2 * H + j] + b[2 * H + j] + g[j] * hn);
+        ho[j] = nn + g[H + j] * (hp[j] - nn);
         g[2 * H + j] = nn;
-        g[3 * H + j] = hn;
+        if constexpr (Train) g[3 * H + j] = hn;
       }
-      ho[j] = h;
-    }
+    });
     if (s.y_out) copy_row(s.y_out + n * s.ld_yo, ho, H);
   });
 }
 
-// Gate-gradient row layout: [dr, dz, dhn, dn] so that the recurrent part (dr, dz, dhn) is contiguous
-// for the per-step GEMM; the input part is (dr, dz) and dn.
 template <typename T>
 static void gru_backward(const StepBackward<T>& s) {
   const int64_t H = s.H;
@@ -193,41 +250,130 @@ static void gru_backward(const StepBackward<T>& s) {
     const T* g = s.gates + n * s.ld_g;
     const T* hp = s.h_prev + n * s.ld_hp;
     T* dg = s.dg + n * s.ld_dg;
+    with_act(s.act, [&](auto A) {
+      using Act = decltype(A);
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      T r = g[j], z = g[H + j], nn = g[2 * H + j], hn = g[3 * H + j];
-      T dhv = dy[j] + dh[j];
-      T dn = dhv * (T(1) - z) * (T(1) - nn * nn);
-      T dz = dhv * (hp[j] - nn) * z * (T(1) - z);
-      T dr = dn * hn * r * (T(1) - r);
-      dh[j] = dhv * z;
-      dg[j] = dr;
-      dg[H + j] = dz;
-      dg[2 * H + j] = dn * r;
-      dg[3 * H + j] = dn;
-    }
+      for (int64_t j = 0; j < H; ++j) {
+        T r = g[j], z = g[H + j], nn = g[2 * H + j], hn = g[3 * H + j];
+        T dhv = dy[j] + dh[j];
+        T dn = dhv * (T(1) - z) * Act::d(nn);
+        dh[j] = dhv * z;
+        dg[j] = dn * hn;
+        dg[H + j] = dhv * (hp[j] - nn);
+        dg[2 * H + j] = dn * r;
+        dg[3 * H + j] = dn;
+      }
+    });
+    with_act(s.rec, [&](auto R) {
+      using Rec = decltype(R);
+      scale_by_derivative<Rec>(dg, g, 2 * H);
+    });
   });
 }
 
-// ---- vanilla RNN ------------------------------------------------------------------------------------
-template <typename T, bool Relu>
-static void rnn_forward(const StepForward<T>& s) {
+// ---- GRU, reset before (Keras reset_after=False, ONNX default) --------------------------------------
+// Part 1 computes r, z and r*h; the executor then runs the n-gate's recurrent GEMM (r*h) W_hn^T into
+// the gh row's n block; part 2 computes n and h. The folded bias holds b_in + b_hn for n. Saved gates
+// [r, z, n, r*h]; gate-gradient row [dr, dz, dn, -], input and recurrent parts both (dr, dz, dn).
+template <typename T, bool Train>
+static void gru_rb_forward1(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
-    const T* gx = s.gx + n * s.ld_gx;
+    T* g = s.gx + n * s.ld_gx;
+    const T* hp = s.h_prev + n * s.ld_hp;
+    T* rh = s.rh + n * s.ld_rh;
+    with_act(s.rec, [&](auto R) {
+      using Rec = decltype(R);
+      gate_block<Rec>(g, g, s.gh + n * s.ld_gh, s.bias, 2 * H);
+    });
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) rh[j] = g[j] * hp[j];
+  });
+}
+
+template <typename T>
+static void gru_rb_forward2(const StepForward<T>& s) {
+  const int64_t H = s.H;
+  for_rows(s.N, [&](int64_t n) {
+    T* g = s.gx + n * s.ld_gx;
     const T* gh = s.gh + n * s.ld_gh;
-    const T* b = s.bias;
+    const T* hp = s.h_prev + n * s.ld_hp;
     T* ho = s.h_out + n * s.ld_ho;
+    with_act(s.act, [&](auto A) {
+      using Act = decltype(A);
+      gate_block<Act>(g + 2 * H, g + 2 * H, gh + 2 * H, s.bias + 2 * H, H);
+    });
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      T a = gx[j] + gh[j] + b[j];
-      ho[j] = Relu ? act_relu(a) : act_tanh(a);
+      T nn = g[2 * H + j];
+      ho[j] = nn + g[H + j] * (hp[j] - nn);
     }
     if (s.y_out) copy_row(s.y_out + n * s.ld_yo, ho, H);
   });
 }
 
-template <typename T, bool Relu>
+// Part 1: dn, the z gradient (before the gate derivative) and the direct term z*dh, before the
+// executor's GEMM d(r*h) = dn W_hn.
+template <typename T>
+static void gru_rb_backward1(const StepBackward<T>& s) {
+  const int64_t H = s.H;
+  for_rows(s.N, [&](int64_t n) {
+    const T* dy = s.dy + n * s.ld_dy;
+    T* dh = s.dh + n * s.ld_dh;
+    const T* g = s.gates + n * s.ld_g;
+    const T* hp = s.h_prev + n * s.ld_hp;
+    T* dg = s.dg + n * s.ld_dg;
+    with_act(s.act, [&](auto A) {
+      using Act = decltype(A);
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        T z = g[H + j], nn = g[2 * H + j];
+        T dhv = dy[j] + dh[j];
+        dh[j] = dhv * z;
+        dg[H + j] = dhv * (hp[j] - nn);
+        dg[2 * H + j] = dhv * (T(1) - z) * Act::d(nn);
+      }
+    });
+  });
+}
+
+// Part 2: with d(r*h) known, the r gradient and the path of dh through r*h; then both gate
+// derivatives.
+template <typename T>
+static void gru_rb_backward2(const StepBackward<T>& s) {
+  const int64_t H = s.H;
+  for_rows(s.N, [&](int64_t n) {
+    T* dh = s.dh + n * s.ld_dh;
+    const T* g = s.gates + n * s.ld_g;
+    const T* hp = s.h_prev + n * s.ld_hp;
+    const T* drh = s.drh + n * s.ld_drh;
+    T* dg = s.dg + n * s.ld_dg;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      dg[j] = drh[j] * hp[j];
+      dh[j] += drh[j] * g[j];
+    }
+    with_act(s.rec, [&](auto R) {
+      using Rec = decltype(R);
+      scale_by_derivative<Rec>(dg, g, 2 * H);
+    });
+  });
+}
+
+// ---- vanilla RNN ------------------------------------------------------------------------------------
+template <typename T>
+static void rnn_forward(const StepForward<T>& s) {
+  const int64_t H = s.H;
+  for_rows(s.N, [&](int64_t n) {
+    T* ho = s.h_out + n * s.ld_ho;
+    with_act(s.act, [&](auto A) {
+      gate_block<decltype(A)>(ho, s.gx + n * s.ld_gx, s.gh + n * s.ld_gh, s.bias, H);
+    });
+    if (s.y_out) copy_row(s.y_out + n * s.ld_yo, ho, H);
+  });
+}
+
+template <typename T>
 static void rnn_backward(const StepBackward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
@@ -235,43 +381,52 @@ static void rnn_backward(const StepBackward<T>& s) {
     const T* dh = s.dh + n * s.ld_dh;
     const T* h = s.h + n * s.ld_h;
     T* dg = s.dg + n * s.ld_dg;
+    with_act(s.act, [&](auto A) {
+      using Act = decltype(A);
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      T dhv = dy[j] + dh[j];
-      dg[j] = Relu ? (h[j] > T(0) ? dhv : T(0)) : dhv * (T(1) - h[j] * h[j]);
-    }
+      for (int64_t j = 0; j < H; ++j) dg[j] = (dy[j] + dh[j]) * Act::d(h[j]);
+    });
   });
 }
 
 // ---- tables ---------------------------------------------------------------------------------------
 template <typename T>
-static CellFns<T> fns_for(Mode mode) {
+static CellFns<T> fns_for(CellKind kind) {
   CellFns<T> f;
-  switch (mode) {
-    case Mode::kLstm:
-      f = {&lstm_forward<T, false>, &lstm_forward<T, true>, &lstm_backward<T>};
+  switch (kind) {
+    case CellKind::kLstm:
+      f.forward_infer = &lstm_forward<T, false>;
+      f.forward_train = &lstm_forward<T, true>;
+      f.backward = &lstm_backward<T>;
       break;
-    case Mode::kGru:
-      f = {&gru_forward<T, false>, &gru_forward<T, true>, &gru_backward<T>};
+    case CellKind::kGru:
+      f.forward_infer = &gru_forward<T, false>;
+      f.forward_train = &gru_forward<T, true>;
+      f.backward = &gru_backward<T>;
       break;
-    case Mode::kRnnTanh:
-      f = {&rnn_forward<T, false>, &rnn_forward<T, false>, &rnn_backward<T, false>};
+    case CellKind::kGruResetBefore:
+      f.forward_infer = &gru_rb_forward1<T, false>;
+      f.forward_train = &gru_rb_forward1<T, true>;
+      f.forward2 = &gru_rb_forward2<T>;
+      f.backward = &gru_rb_backward1<T>;
+      f.backward2 = &gru_rb_backward2<T>;
       break;
-    case Mode::kRnnRelu:
-      f = {&rnn_forward<T, true>, &rnn_forward<T, true>, &rnn_backward<T, true>};
+    case CellKind::kRnn:
+      f.forward_infer = f.forward_train = &rnn_forward<T>;
+      f.backward = &rnn_backward<T>;
       break;
   }
   return f;
 }
 
-static const CellKernels* table(Mode mode, const char* isa) {
+static const CellKernels* table(CellKind kind, const char* isa) {
   static const CellKernels tables[4] = {
-      {isa, fns_for<float>(Mode::kLstm), fns_for<double>(Mode::kLstm)},
-      {isa, fns_for<float>(Mode::kGru), fns_for<double>(Mode::kGru)},
-      {isa, fns_for<float>(Mode::kRnnTanh), fns_for<double>(Mode::kRnnTanh)},
-      {isa, fns_for<float>(Mode::kRnnRelu), fns_for<double>(Mode::kRnnRelu)},
+      {isa, fns_for<float>(CellKind::kLstm), fns_for<double>(CellKind::kLstm)},
+      {isa, fns_for<float>(CellKind::kGru), fns_for<double>(CellKind::kGru)},
+      {isa, fns_for<float>(CellKind::kGruResetBefore), fns_for<double>(CellKind::kGruResetBefore)},
+      {isa, fns_for<float>(CellKind::kRnn), fns_for<double>(CellKind::kRnn)},
   };
-  return &tables[static_cast<int>(mode)];
+  return &tables[static_cast<int>(kind)];
 }
 
 // Exposed for the activation-accuracy test.

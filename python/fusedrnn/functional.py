@@ -15,7 +15,19 @@ import numpy as np
 
 from . import _C
 from . import _checks as chk
-from .layout import check_mode, param_size
+from .layout import check_activation, check_mode, param_size
+
+
+def _cell_options(mode, activation, recurrent_activation, reset_after) -> dict:
+    """The plan keywords for the cell options, checked; defaults: tanh (relu for rnn_relu), sigmoid."""
+    reset_after = chk.flag("reset_after", reset_after)
+    if not reset_after and mode != "gru":
+        raise ValueError(f"reset_after: only mode='gru' has a reset gate, got mode={mode!r}")
+    return dict(
+        activation=check_activation("activation", activation, "relu" if mode == "rnn_relu" else "tanh"),
+        recurrent_activation=check_activation("recurrent_activation", recurrent_activation, "sigmoid"),
+        reset_after=reset_after,
+    )
 
 
 class ForwardResult(NamedTuple):
@@ -48,6 +60,7 @@ def memory(
     bidirectional: bool = False,
     dtype=np.float32,
     training: bool = False,
+    reset_after: bool = True,
 ) -> Memory:
     """Bytes of scratch and reserve that forward (and backward) of this shape use, known up front."""
     check_mode(mode)
@@ -64,6 +77,7 @@ def memory(
         chk.size("T", T, 0),
         chk.size("N", N, 0),
         chk.flag("training", training),
+        **_cell_options(mode, None, None, reset_after),
     )
     return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))
 
@@ -113,6 +127,9 @@ def forward(
     c0=None,
     batch_first: bool = False,
     training: bool = False,
+    activation: Optional[str] = None,
+    recurrent_activation: Optional[str] = None,
+    reset_after: bool = True,
 ) -> ForwardResult:
     """Runs the network over a sequence.
 
@@ -120,8 +137,15 @@ def forward(
     ``param_size(mode, C, hidden_size, num_layers, bidirectional)`` elements, x's dtype; h0, c0:
     optional (L*D, N, H) initial states (c0 for LSTM only), zeros when absent. With ``training`` the
     result carries a context for ``backward``.
+
+    Cell options: ``activation`` (LSTM g and c, GRU n, RNN h; default tanh, relu for rnn_relu) and
+    ``recurrent_activation`` (LSTM i, f, o; GRU r, z; default sigmoid), each one of 'tanh',
+    'sigmoid', 'hard_sigmoid' (Keras 3: clip(x/6 + 1/2, 0, 1)), 'relu', 'linear'; ``reset_after``
+    (GRU: False applies the reset gate before the recurrent product, as Keras reset_after=False and
+    ONNX do).
     """
     check_mode(mode)
+    options = _cell_options(mode, activation, recurrent_activation, reset_after)
     H = chk.size("hidden_size", hidden_size)
     L = chk.size("num_layers", num_layers)
     bidirectional = chk.flag("bidirectional", bidirectional)
@@ -153,7 +177,7 @@ def forward(
         raise ValueError(f"c0: only mode='lstm' has a cell state, got mode={mode!r}")
     c0 = _state("c0", c0, dtype, state_shape)
 
-    plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training)
+    plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training, **options)
     y = np.empty((N, T, D * H) if batch_first else (T, N, D * H), dtype=dtype)
     hN = np.empty(state_shape, dtype=dtype)
     cN = np.empty(state_shape, dtype=dtype) if mode == "lstm" else None

@@ -16,6 +16,7 @@ from . import _C
 from . import _checks as chk
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
@@ -42,6 +43,16 @@ def check_mode(mode) -> str:
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
     return mode
+
+
+def check_activation(name: str, value, default: str) -> str:
+    """An activation name; None means the default."""
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        exc = ValueError if isinstance(value, str) else TypeError
+        raise exc(f"{name}: expected one of {', '.join(map(repr, ACTIVATIONS))}, got {value!r}")
+    return value
 
 
 def num_gates(mode: str) -> int:

@@ -24,6 +24,9 @@
 namespace fusedrnn {
 
 enum class Mode { kLstm, kGru, kRnnTanh, kRnnRelu };
+// Activations selectable for the cell (`activation`: LSTM g and c, GRU n, RNN h) and the gates
+// (`recurrent_activation`: LSTM i, f, o; GRU r, z). hard_sigmoid is Keras 3's: clip(x/6 + 1/2, 0, 1).
+enum class Activation { kTanh, kSigmoid, kHardSigmoid, kRelu, kLinear };
 enum class DType { kFloat32, kFloat64 };
 enum class ExecutorKind { kLoop };  // the unrolled executor joins here
 
@@ -33,6 +36,9 @@ DType parse_dtype(const std::string& name);  // "float32" | "float64"
 std::string dtype_name(DType dtype);
 std::size_t dtype_size(DType dtype);
 int num_gates(Mode mode);  // G
+Activation parse_activation(const std::string& name);  // "tanh" | "sigmoid" | "hard_sigmoid" | "relu" | "linear"
+std::string activation_name(Activation act);
+Activation default_activation(Mode mode);  // relu for rnn_relu, tanh otherwise
 
 // What the network is; independent of T and N.
 struct RnnDesc {
@@ -42,7 +48,13 @@ struct RnnDesc {
   int64_t num_layers = 1;   // L
   bool bidirectional = false;
   DType dtype = DType::kFloat32;
+  Activation activation = Activation::kTanh;
+  Activation recurrent_activation = Activation::kSigmoid;
+  // GRU only. true: n = act(W_in x + b_in + r*(W_hn h + b_hn)) (cuDNN, PyTorch, Keras default);
+  // false: n = act(W_in x + b_in + W_hn (r*h) + b_hn) (Keras reset_after=False, ONNX default).
+  bool reset_after = true;
 
+  bool gru_reset_before() const { return mode == Mode::kGru && !reset_after; }
   int directions() const { return bidirectional ? 2 : 1; }
   int64_t layer_input_size(int64_t layer) const {
     return layer == 0 ? input_size : directions() * hidden_size;
@@ -101,7 +113,8 @@ struct Plan {
     int64_t gx = -1;        // inference: input projection of one chunk (chunk_t, N, G*H)
     int64_t gh = -1;        // recurrent projection of one step (N, G*H)
     int64_t bias = -1;      // folded biases (G*H) plus the GRU recurrent n-bias (H)
-    int64_t zeros = -1;     // (N, H) zeros, standing in for an absent h0 / c0
+    int64_t zeros = -1;     // one zero row, standing in for an absent h0 / c0 / dy (row stride 0)
+    int64_t rh = -1;        // GRU reset-before: r*h of one step (N, H) (inference), d(r*h) (backward)
     int64_t cstate = -1;    // inference LSTM cell state (N, H)
     int64_t dh = -1;        // backward: running dh (N, H)
     int64_t dc = -1;        // backward: running dc (N, H)
