@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import reference as ref  # noqa: E402
 
+import fusedrnn  # noqa: E402
+
 import torch  # noqa: E402
 
 torch.set_num_threads(1)   # tiny problems: threading only adds overhead / noise
@@ -270,3 +272,58 @@ def check_finite_differences(loss_fn, arrays, analytic, eps=1e-6, tol=1e-6, ctx=
         bound = tol * max(1.0, _maxabs(g))
         assert err <= bound, "finite differences %s %s: max err %.3g > %.3g" % (
             name, ctx, err, bound)
+
+
+# --------------------------------------------------------------------------
+# Options without a torch counterpart (activations, reset-before GRU, masks): fusedrnn vs the
+# reference run as dicts, float32 judged against the reference's own float32 arithmetic.
+# --------------------------------------------------------------------------
+
+# float32: at most 4x the error of the reference's own float32 arithmetic (the same plain math in
+# NumPy float32), plus a floor of 1e-6 * max(scale, 1). Some options (linear or relu gates and cells)
+# make recurrences that amplify rounding chaotically, so the ratio between two float32 computations
+# varies more than with tanh/sigmoid.
+F32_FACTOR, F32_FLOOR = 4.0, 1e-6
+
+
+def reference_dict(p, dtype=np.float64, **opt):
+    """The oracle's forward + backward of problem p as a dict (y, hN, cN, dx, dh0, dc0, dw)."""
+    y, hN, cN, cache = ref.forward(p.x, p.flat, p.mode, p.H, p.L, p.bidirectional, p.h0, p.c0,
+                                   dtype=dtype, **opt)
+    dx, dh0, dc0, dw = ref.backward(cache, p.dy, p.dhN, p.dcN)
+    return dict(y=y, hN=hN, cN=cN, dx=dx, dh0=dh0, dc0=dc0, dw=dw)
+
+
+def fused_dict(p, dtype, **opt):
+    """fusedrnn's forward(training) + backward of problem p in dtype, as the same dict."""
+    c = lambda a: None if a is None else np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    res = fusedrnn.forward(c(p.x), c(p.flat), mode=p.mode, hidden_size=p.H, num_layers=p.L,
+                           bidirectional=p.bidirectional, h0=c(p.h0), c0=c(p.c0), training=True,
+                           **opt)
+    g = fusedrnn.backward(res.ctx, dy=c(p.dy), dhN=c(p.dhN), dcN=c(p.dcN))
+    return dict(y=res.y, hN=res.hN, cN=res.cN, dx=g.dx, dh0=g.dh0, dc0=g.dc0, dw=g.dw)
+
+
+def _scale_of(a):
+    return max(float(np.max(np.abs(a))), 1.0)
+
+
+def compare_with_yardstick(got, want, dtype, ctx, yardstick=None):
+    """float64: 1e-10 relative to each array's scale. float32: the yardstick is the largest relative
+    error of the reference's own float32 arithmetic over all arrays of the run (per-array ratios of
+    two float32 computations scatter too much on the amplifying options)."""
+    if dtype == np.float32:
+        rel32 = max(float(np.max(np.abs(yardstick[k].astype(np.float64) - w))) / _scale_of(w)
+                    for k, w in want.items() if w is not None)
+    for name, w in want.items():
+        if w is None:
+            assert got[name] is None, (name, ctx)
+            continue
+        a = np.asarray(got[name], dtype=np.float64)
+        assert a.shape == w.shape and got[name].dtype == dtype, (name, ctx)
+        err = float(np.max(np.abs(a - w)))
+        if dtype == np.float64:
+            tol = 1e-10 * _scale_of(w)
+        else:
+            tol = (F32_FACTOR * rel32 + F32_FLOOR) * _scale_of(w)
+        assert err <= tol, f"{name} {ctx}: max abs err {err:.3g} > {tol:.3g}"

@@ -202,12 +202,15 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
 # --------------------------------------------------------------------------
 
 def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activation=None,
-            recurrent_activation="sigmoid", reset_after=True, dtype=np.float64):
+            recurrent_activation="sigmoid", reset_after=True, dtype=np.float64, mask=None,
+            zero_masked_output=False):
     """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm.
 
     activation: cell activation (LSTM g and c, GRU n, RNN h), default tanh (relu for rnn_relu);
     recurrent_activation: gate activation (LSTM i, f, o; GRU r, z); reset_after: GRU form.
-    dtype: the arithmetic (float64, the oracle; float32 gives a yardstick for float32 error)."""
+    dtype: the arithmetic (float64, the oracle; float32 gives a yardstick for float32 error).
+    mask: optional (T, N) bools; a masked step keeps the previous h (and c) and outputs it, or zero
+    with zero_masked_output (last layer only: inner layers pass the kept state on)."""
     _check_mode(mode)
     act = default_activation(mode) if activation is None else activation
     rec = recurrent_activation
@@ -236,16 +239,21 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
             caches = [None] * T
             times = range(T) if d == 0 else range(T - 1, -1, -1)
             for t in times:
-                h, c, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih, bhh,
-                                                act, rec, reset_after)
-                layer_out[t, :, d * H:(d + 1) * H] = h
+                h_new, c_new, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih,
+                                                        bhh, act, rec, reset_after)
+                m = np.ones((N, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
+                h = np.where(m, h_new, h)
+                c = np.where(m, c_new, c) if is_lstm else None
+                zero = zero_masked_output and l == L - 1
+                layer_out[t, :, d * H:(d + 1) * H] = np.where(m, h, 0.0) if zero else h
             step_caches[(l, d)] = caches
             hN[l * D + d] = h
             if is_lstm:
                 cN[l * D + d] = c
         layer_in = layer_out
     y = layer_in
-    cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype, act=act, rec=rec, reset_after=reset_after,
+    cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype, act=act, mask=mask,
+                 zero_masked_output=zero_masked_output, rec=rec, reset_after=reset_after,
                  bidirectional=bidirectional, params=params, steps=step_caches)
     return y, hN, cN, cache
 
@@ -280,9 +288,19 @@ def backward(cache, dy=None, dhN=None, dcN=None):
             # reverse of this direction's processing order
             times = range(T - 1, -1, -1) if d == 0 else range(T)
             for t in times:
-                dh_total = dh + d_out[t, :, d * H:(d + 1) * H]
-                dx_t, dh, dc = _cell_backward(mode, caches[t], dh_total, dc, wih, whh, grads,
-                                              cache["act"], cache["rec"], cache["reset_after"])
+                m = np.ones((N, 1), bool) if cache["mask"] is None else \
+                    np.asarray(cache["mask"][t], bool)[:, None]
+                dy_t = d_out[t, :, d * H:(d + 1) * H]
+                if cache["zero_masked_output"] and l == L - 1:
+                    dy_t = np.where(m, dy_t, 0.0)
+                dh_total = dh + dy_t
+                # a masked step is the identity on (h, c): its gradients pass through unchanged and
+                # it contributes nothing else (the cell's backward is linear in dh_total and dc)
+                dx_t, dh_cell, dc_cell = _cell_backward(
+                    mode, caches[t], dh_total * m, None if dc is None else dc * m, wih, whh, grads,
+                    cache["act"], cache["rec"], cache["reset_after"])
+                dh = np.where(m, dh_cell, dh_total)
+                dc = np.where(m, dc_cell, dc) if is_lstm else None
                 d_in[t] += dx_t
             dh0[l * D + d] = dh
             if is_lstm:

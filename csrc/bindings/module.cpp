@@ -72,6 +72,22 @@ Grid seq(const py::object& o, const char* name, DType dtype, int64_t T, int64_t 
   return {a.data(), a.strides(0) / item, a.strides(1) / item};
 }
 
+// An optional (T, N) mask of uint8 (or bool) with any strides.
+void mask_arg(const py::object& o, const Plan& p, const uint8_t** ptr, int64_t* st, int64_t* sn) {
+  if (o.is_none()) return;
+  FUSEDRNN_CHECK(py::isinstance<py::array>(o), TypeError, "mask: expected a numpy array, got ",
+                 std::string(py::str(py::type::of(o))));
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  const char kind = a.dtype().kind();
+  FUSEDRNN_CHECK((kind == 'b' || kind == 'u') && a.itemsize() == 1, TypeError,
+                 "mask: expected dtype bool or uint8, got ", std::string(py::str(a.dtype())));
+  FUSEDRNN_CHECK(a.ndim() == 2 && a.shape(0) == p.T && a.shape(1) == p.N, ValueError,
+                 "mask: expected shape (", p.T, ", ", p.N, "), got ", shape_str(a));
+  *ptr = static_cast<const uint8_t*>(a.data());
+  *st = a.strides(0);
+  *sn = a.strides(1);
+}
+
 // Cell-state arguments exist for LSTM only; anything but None for another mode is an error.
 const void* cell_state(const Plan& p, const py::object& o, const char* name, bool writable) {
   if (p.desc.mode == Mode::kLstm) {
@@ -127,7 +143,8 @@ std::vector<int64_t> state_shape(const Plan& p) {
 RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_size,
                   int64_t num_layers, bool bidirectional, const std::string& dtype,
                   const py::object& activation = py::none(),
-                  const std::string& recurrent_activation = "sigmoid", bool reset_after = true) {
+                  const std::string& recurrent_activation = "sigmoid", bool reset_after = true,
+                  bool zero_masked_output = false) {
   RnnDesc d;
   d.mode = parse_mode(mode);
   d.input_size = input_size;
@@ -139,6 +156,7 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
                                       : parse_activation(py::cast<std::string>(activation));
   d.recurrent_activation = parse_activation(recurrent_activation);
   d.reset_after = reset_after;
+  d.zero_masked_output = zero_masked_output;
   validate(d);
   return d;
 }
@@ -162,15 +180,18 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](const std::string& mode, int64_t input_size, int64_t hidden_size,
                        int64_t num_layers, bool bidirectional, const std::string& dtype, int64_t T,
                        int64_t N, bool training, const py::object& activation,
-                       const std::string& recurrent_activation, bool reset_after) {
+                       const std::string& recurrent_activation, bool reset_after,
+                       bool zero_masked_output) {
              return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
-                                        dtype, activation, recurrent_activation, reset_after),
+                                        dtype, activation, recurrent_activation, reset_after,
+                                        zero_masked_output),
                               T, N, training);
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
            py::arg("bidirectional"), py::arg("dtype"), py::arg("T"), py::arg("N"),
            py::arg("training"), py::kw_only(), py::arg("activation") = py::none(),
-           py::arg("recurrent_activation") = "sigmoid", py::arg("reset_after") = true)
+           py::arg("recurrent_activation") = "sigmoid", py::arg("reset_after") = true,
+           py::arg("zero_masked_output") = false)
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
       .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
@@ -182,6 +203,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("recurrent_activation",
                              [](const Plan& p) { return activation_name(p.desc.recurrent_activation); })
       .def_property_readonly("reset_after", [](const Plan& p) { return p.desc.reset_after; })
+      .def_property_readonly("zero_masked_output",
+                             [](const Plan& p) { return p.desc.zero_masked_output; })
       .def_readonly("T", &Plan::T)
       .def_readonly("N", &Plan::N)
       .def_readonly("training", &Plan::training)
@@ -216,7 +239,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("forward",
         [](const Plan& p, const py::object& x, const py::object& w, const py::object& hx,
            const py::object& cx, const py::object& y, const py::object& hy, const py::object& cy,
-           const py::object& workspace, const py::object& reserve) {
+           const py::object& workspace, const py::object& reserve, const py::object& mask) {
           const DType dt = p.desc.dtype;
           ForwardArgs a;
           const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
@@ -230,17 +253,19 @@ PYBIND11_MODULE(_C, m) {
           a.cy = const_cast<void*>(cell_state(p, cy, "cy", true));
           a.workspace = scratch(workspace, "workspace", p.workspace_bytes);
           if (p.training) a.reserve = scratch(reserve, "reserve", p.reserve_bytes);
+          mask_arg(mask, p, &a.mask, &a.mask_st, &a.mask_sn);
           py::gil_scoped_release release;
           forward(p, a);
         },
         py::arg("plan"), py::arg("x"), py::arg("w"), py::arg("hx"), py::arg("cx"), py::arg("y"),
-        py::arg("hy"), py::arg("cy"), py::arg("workspace"), py::arg("reserve"));
+        py::arg("hy"), py::arg("cy"), py::arg("workspace"), py::arg("reserve"),
+        py::arg("mask") = py::none());
 
   m.def("backward_data",
         [](const Plan& p, const py::object& dy, const py::object& dhy, const py::object& dcy,
            const py::object& w, const py::object& hx, const py::object& cx, const py::object& dx,
            const py::object& dhx, const py::object& dcx, const py::object& workspace,
-           const py::object& reserve) {
+           const py::object& reserve, const py::object& mask) {
           const DType dt = p.desc.dtype;
           BackwardDataArgs a;
           if (!dy.is_none()) {
@@ -259,12 +284,13 @@ PYBIND11_MODULE(_C, m) {
           a.dcx = const_cast<void*>(cell_state(p, dcx, "dcx", true));
           a.workspace = scratch(workspace, "workspace", p.workspace_bytes);
           a.reserve = scratch(reserve, "reserve", p.reserve_bytes);
+          mask_arg(mask, p, &a.mask, &a.mask_st, &a.mask_sn);
           py::gil_scoped_release release;
           backward_data(p, a);
         },
         py::arg("plan"), py::arg("dy"), py::arg("dhy"), py::arg("dcy"), py::arg("w"), py::arg("hx"),
         py::arg("cx"), py::arg("dx"), py::arg("dhx"), py::arg("dcx"), py::arg("workspace"),
-        py::arg("reserve"));
+        py::arg("reserve"), py::arg("mask") = py::none());
 
   m.def("backward_weights",
         [](const Plan& p, const py::object& x, const py::object& hx, const py::object& dw,

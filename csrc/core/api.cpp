@@ -28,6 +28,11 @@ void check_grid(const char* name, int64_t T, int64_t N, int64_t width, int64_t s
                  " rows of ", width, " elements, got (", st, ", ", sn, ")");
 }
 
+void check_mask_strides(int64_t st, int64_t sn) {
+  FUSEDRNN_CHECK(st >= 0 && sn >= 0, ValueError, "mask: expected non-negative strides, got (", st,
+                 ", ", sn, ")");
+}
+
 void check_workspace(const Plan& p, void* ws) {
   if (p.workspace_bytes) check_ptr(ws, "workspace");
 }
@@ -77,6 +82,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
   check_grid("y", p.T, p.N, D * H, a.y_st, a.y_sn);
   check_workspace(p, a.workspace);
   if (p.training) check_ptr(a.reserve, "reserve");
+  if (a.mask) check_mask_strides(a.mask_st, a.mask_sn);
   dispatch(p.desc.dtype, [&](auto v) { loop::forward<decltype(v)>(p, a); });
 }
 
@@ -91,6 +97,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
   check_workspace(p, a.workspace);
   if (a.dy) check_grid("dy", p.T, p.N, D * H, a.dy_st, a.dy_sn);
   check_grid("dx", p.T, p.N, p.desc.input_size, a.dx_st, a.dx_sn);
+  if (a.mask) check_mask_strides(a.mask_st, a.mask_sn);
   dispatch(p.desc.dtype, [&](auto v) { loop::backward_data<decltype(v)>(p, a); });
 }
 

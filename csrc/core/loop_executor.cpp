@@ -108,13 +108,18 @@ void forward(const Plan& p, const ForwardArgs& a) {
       X = net.grid(p.training ? rs + p.reserve.out[l - 1] : ws + p.ws.inter[(l - 1) % 2]).as_const();
     }
     const Rows<T> Yuser{static_cast<T*>(a.y), a.y_st, a.y_sn};
-    Rows<T> O;  // where this layer's hidden states go (and are read back as h_{t-1})
+    // Where this layer's hidden states go (and are read back as h_{t-1}). The user's y can hold
+    // them unless training (the reserve keeps them) or masked steps must show zeros there.
+    const bool zero_masked = last && a.mask && p.desc.zero_masked_output;
+    Rows<T> O;
     if (p.training) {
       O = net.grid(rs + p.reserve.out[l]);
+    } else if (!last) {
+      O = net.grid(ws + p.ws.inter[l % 2]);
     } else {
-      O = last ? Yuser : net.grid(ws + p.ws.inter[l % 2]);
+      O = zero_masked ? net.grid(ws + p.ws.states) : Yuser;
     }
-    const bool copy_to_y = p.training && last;
+    const bool copy_to_y = last && (p.training || zero_masked);
 
     for (int dir = 0; dir < D; ++dir) {
       const int64_t si = p.reserve_index(l, dir);
@@ -193,6 +198,11 @@ void forward(const Plan& p, const ForwardArgs& a) {
           if (copy_to_y) {
             st.y_out = Yuser.row(t) + dir * H;
             st.ld_yo = Yuser.sn;
+          }
+          if (a.mask) {
+            st.mask = a.mask + t * a.mask_st;
+            st.ld_mask = a.mask_sn;
+            st.zero_masked_output = zero_masked;
           }
           if (net.rb) {  // training saves r*h in the gate row's fourth slot
             st.rh = p.training ? st.gx + 3 * H : ws + p.ws.rh;
@@ -290,6 +300,12 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
         st.ld_hp = first ? ld_h0 : O.sn;
         st.dg = grads + t * N * net.SH;
         st.ld_dg = net.SH;
+        st.slots = p.gate_slots;
+        if (a.mask) {
+          st.mask = a.mask + t * a.mask_st;
+          st.ld_mask = a.mask_sn;
+          st.zero_masked_output = l == L - 1 && p.desc.zero_masked_output;
+        }
         cell.backward(st);
         if (net.rb) {
           // d(r*h) = dn W_hn, then r's gradient and the path through r*h; dh_{t-1} adds dG_rz W_hrz
@@ -301,9 +317,8 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
           cell.backward2(st);
           cpu::gemm<T>(false, false, N, H, 2 * H, T(1), st.dg, net.SH, w_hh, H, T(1), dh, H);
         } else {
-          // dh_{t-1} = dG_h W_hh (+ the GRU's direct z*dh term, which the kernel left in dh)
-          cpu::gemm<T>(false, false, N, H, GH, T(1), st.dg, net.SH, w_hh, H,
-                       net.gru ? T(1) : T(0), dh, H);
+          // dh_{t-1} = dG_h W_hh + the part the kernel left in dh (GRU z*dh, masked rows' dh)
+          cpu::gemm<T>(false, false, N, H, GH, T(1), st.dg, net.SH, w_hh, H, T(1), dh, H);
         }
       }
       if (a.dhx) copy_rows(static_cast<T*>(a.dhx) + si * N * H, H, dh, H, N, H);

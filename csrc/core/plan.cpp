@@ -85,6 +85,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
     p.ws.colsum = ws.take_bytes(Arena::mul(SH, sizeof(double)));
   } else {
     p.ws.gx = ws.take(p.chunk_t, N, GH);
+    if (desc.zero_masked_output) p.ws.states = ws.take(T, N, D * H);
     if (lstm) p.ws.cstate = ws.take(N, H);
   }
   p.workspace_bytes = ws.bytes();

@@ -29,6 +29,8 @@ struct StepForward {
   T* y_out = nullptr;        int64_t ld_yo = 0;  // optional second copy of the new hidden state
   T* c_out = nullptr;        int64_t ld_co = 0;  // (N, H) new cell state (LSTM); may alias c_prev
   T* rh = nullptr;           int64_t ld_rh = 0;  // GRU reset-before: (N, H) r*h_prev, out of part 1
+  const uint8_t* mask = nullptr; int64_t ld_mask = 0;  // optional (N): 0 = keep the previous state
+  bool zero_masked_output = false;               // masked rows write 0 to y_out instead of the state
 };
 
 template <typename T>
@@ -37,7 +39,8 @@ struct StepBackward {
   Activation act = Activation::kTanh;
   Activation rec = Activation::kSigmoid;
   const T* dy = nullptr;     int64_t ld_dy = 0;  // (N, H) gradient from this step's output
-  T* dh = nullptr;           int64_t ld_dh = 0;  // in: dh from the later step; out (GRU): z*dh
+  T* dh = nullptr;           int64_t ld_dh = 0;  // in: dh from the later step; out: the part of
+                                                 // dh_{t-1} not through W_hh (GRU z*dh; masked: dh)
   T* dc = nullptr;           int64_t ld_dc = 0;  // LSTM in: dc from the later step; out: dc earlier
   const T* gates = nullptr;  int64_t ld_g = 0;   // saved gates of this step
   const T* c = nullptr;      int64_t ld_c = 0;   // LSTM: this step's cell state
@@ -46,6 +49,9 @@ struct StepBackward {
   const T* h_prev = nullptr; int64_t ld_hp = 0;  // GRU: the previous hidden state
   const T* drh = nullptr;    int64_t ld_drh = 0; // GRU reset-before part 2: d(r*h) = dn W_hn
   T* dg = nullptr;           int64_t ld_dg = 0;  // out: pre-activation gate gradients, slots*H per row
+  int64_t slots = 0;                             // row width of dg in units of H (zeroed when masked)
+  const uint8_t* mask = nullptr; int64_t ld_mask = 0;
+  bool zero_masked_output = false;               // masked rows ignore dy (their output was 0)
 };
 
 // One cell type's step functions. GRU reset-before splits each direction into two parts around a

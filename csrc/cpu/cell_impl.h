@@ -127,6 +127,41 @@ static inline void copy_row(T* __restrict dst, const T* __restrict src, int64_t 
   std::memcpy(dst, src, sizeof(T) * H);
 }
 
+// Masks: a masked row (step of a sample) keeps its previous state; forward copies it through, and
+// backward passes the gradients to the previous step unchanged with zero gate gradients.
+template <typename S>
+static inline bool is_masked(const S& s, int64_t n) {
+  return s.mask && !s.mask[n * s.ld_mask];
+}
+
+template <typename T>
+static inline void keep_state(const StepForward<T>& s, int64_t n) {
+  const int64_t H = s.H;
+  const T* hp = s.h_prev + n * s.ld_hp;
+  copy_row(s.h_out + n * s.ld_ho, hp, H);
+  if (s.c_out && s.c_out != s.c_prev) copy_row(s.c_out + n * s.ld_co, s.c_prev + n * s.ld_cp, H);
+  if (s.y_out) {
+    T* y = s.y_out + n * s.ld_yo;
+    if (s.zero_masked_output) {
+      std::memset(y, 0, sizeof(T) * H);
+    } else {
+      copy_row(y, hp, H);
+    }
+  }
+  if (s.rh) std::memset(s.rh + n * s.ld_rh, 0, sizeof(T) * H);  // r*h enters dW_hn: keep it finite
+}
+
+template <typename T>
+static inline void pass_through(const StepBackward<T>& s, int64_t n) {
+  T* dh = s.dh + n * s.ld_dh;
+  if (!s.zero_masked_output) {
+    const T* dy = s.dy + n * s.ld_dy;
+#pragma omp simd
+    for (int64_t j = 0; j < s.H; ++j) dh[j] += dy[j];
+  }
+  std::memset(s.dg + n * s.ld_dg, 0, sizeof(T) * s.slots * s.H);
+}
+
 // g[j] = A(gx[j] + gh[j] + b[j]) over one gate block; g may alias gx.
 template <typename A, typename T>
 static inline void gate_block(T* g, const T* gx, const T* gh, const T* b, int64_t H) {
@@ -148,6 +183,7 @@ template <typename T, bool Train>
 static void lstm_forward(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return keep_state(s, n);
     T* g = s.gx + n * s.ld_gx;
     const T* gh = s.gh + n * s.ld_gh;
     const T* b = s.bias;
@@ -178,6 +214,7 @@ template <typename T>
 static void lstm_backward(const StepBackward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return pass_through(s, n);
     const T* dy = s.dy + n * s.ld_dy;
     T* dh = s.dh + n * s.ld_dh;
     T* dc = s.dc + n * s.ld_dc;
@@ -191,6 +228,7 @@ static void lstm_backward(const StepBackward<T>& s) {
       for (int64_t j = 0; j < H; ++j) {
         T gi = g[j], gf = g[H + j], gg = g[2 * H + j], go = g[3 * H + j];
         T dhv = dy[j] + dh[j];
+        dh[j] = T(0);  // all of dh_{t-1} comes through W_hh
         T ac = Act::f(c[j]);
         T dcv = dc[j] + dhv * go * Act::d(ac);
         dc[j] = dcv * gf;
@@ -216,6 +254,7 @@ template <typename T, bool Train>
 static void gru_forward(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return keep_state(s, n);
     T* g = s.gx + n * s.ld_gx;
     const T* gh = s.gh + n * s.ld_gh;
     const T* b = s.bias;
@@ -245,6 +284,7 @@ template <typename T>
 static void gru_backward(const StepBackward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return pass_through(s, n);
     const T* dy = s.dy + n * s.ld_dy;
     T* dh = s.dh + n * s.ld_dh;
     const T* g = s.gates + n * s.ld_g;
@@ -279,6 +319,7 @@ template <typename T, bool Train>
 static void gru_rb_forward1(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return keep_state(s, n);
     T* g = s.gx + n * s.ld_gx;
     const T* hp = s.h_prev + n * s.ld_hp;
     T* rh = s.rh + n * s.ld_rh;
@@ -295,6 +336,7 @@ template <typename T>
 static void gru_rb_forward2(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return;
     T* g = s.gx + n * s.ld_gx;
     const T* gh = s.gh + n * s.ld_gh;
     const T* hp = s.h_prev + n * s.ld_hp;
@@ -318,6 +360,7 @@ template <typename T>
 static void gru_rb_backward1(const StepBackward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return pass_through(s, n);
     const T* dy = s.dy + n * s.ld_dy;
     T* dh = s.dh + n * s.ld_dh;
     const T* g = s.gates + n * s.ld_g;
@@ -343,6 +386,7 @@ template <typename T>
 static void gru_rb_backward2(const StepBackward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return;
     T* dh = s.dh + n * s.ld_dh;
     const T* g = s.gates + n * s.ld_g;
     const T* hp = s.h_prev + n * s.ld_hp;
@@ -365,6 +409,7 @@ template <typename T>
 static void rnn_forward(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return keep_state(s, n);
     T* ho = s.h_out + n * s.ld_ho;
     with_act(s.act, [&](auto A) {
       gate_block<decltype(A)>(ho, s.gx + n * s.ld_gx, s.gh + n * s.ld_gh, s.bias, H);
@@ -377,14 +422,18 @@ template <typename T>
 static void rnn_backward(const StepBackward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
+    if (is_masked(s, n)) return pass_through(s, n);
     const T* dy = s.dy + n * s.ld_dy;
-    const T* dh = s.dh + n * s.ld_dh;
+    T* dh = s.dh + n * s.ld_dh;
     const T* h = s.h + n * s.ld_h;
     T* dg = s.dg + n * s.ld_dg;
     with_act(s.act, [&](auto A) {
       using Act = decltype(A);
 #pragma omp simd
-      for (int64_t j = 0; j < H; ++j) dg[j] = (dy[j] + dh[j]) * Act::d(h[j]);
+      for (int64_t j = 0; j < H; ++j) {
+        dg[j] = (dy[j] + dh[j]) * Act::d(h[j]);
+        dh[j] = T(0);  // all of dh_{t-1} comes through W_hh
+      }
     });
   });
 }

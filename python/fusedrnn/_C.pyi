@@ -20,6 +20,7 @@ class Plan:
         activation: Optional[str] = None,
         recurrent_activation: str = "sigmoid",
         reset_after: bool = True,
+        zero_masked_output: bool = False,
     ) -> None: ...
     @property
     def mode(self) -> str: ...
@@ -39,6 +40,8 @@ class Plan:
     def recurrent_activation(self) -> str: ...
     @property
     def reset_after(self) -> bool: ...
+    @property
+    def zero_masked_output(self) -> bool: ...
     @property
     def T(self) -> int: ...
     @property
@@ -71,6 +74,7 @@ def forward(
     cy: Optional[np.ndarray],
     workspace: np.ndarray,
     reserve: Optional[np.ndarray],
+    mask: Optional[np.ndarray] = None,
 ) -> None: ...
 def backward_data(
     plan: Plan,
@@ -85,6 +89,7 @@ def backward_data(
     dcx: Optional[np.ndarray],
     workspace: np.ndarray,
     reserve: np.ndarray,
+    mask: Optional[np.ndarray] = None,
 ) -> None: ...
 def backward_weights(
     plan: Plan,

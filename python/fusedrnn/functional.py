@@ -87,11 +87,11 @@ class Context:
     reserve. It keeps references, not copies: do not modify x, weights, h0 or c0 in place before
     backward. It can be used for any number of backward calls."""
 
-    __slots__ = ("plan", "x", "weights", "h0", "c0", "reserve", "batch_first", "_has_grads")
+    __slots__ = ("plan", "x", "weights", "h0", "c0", "reserve", "batch_first", "mask", "_has_grads")
 
-    def __init__(self, plan, x, weights, h0, c0, reserve, batch_first):
+    def __init__(self, plan, x, weights, h0, c0, reserve, batch_first, mask):
         self.plan, self.x, self.weights, self.h0, self.c0 = plan, x, weights, h0, c0
-        self.reserve, self.batch_first = reserve, batch_first
+        self.reserve, self.batch_first, self.mask = reserve, batch_first, mask
         self._has_grads = False
 
     @property
@@ -130,6 +130,8 @@ def forward(
     activation: Optional[str] = None,
     recurrent_activation: Optional[str] = None,
     reset_after: bool = True,
+    mask=None,
+    zero_masked_output: bool = False,
 ) -> ForwardResult:
     """Runs the network over a sequence.
 
@@ -143,6 +145,11 @@ def forward(
     'sigmoid', 'hard_sigmoid' (Keras 3: clip(x/6 + 1/2, 0, 1)), 'relu', 'linear'; ``reset_after``
     (GRU: False applies the reset gate before the recurrent product, as Keras reset_after=False and
     ONNX do).
+
+    mask: optional (T, N) ((N, T) with ``batch_first``, as Keras masks are) of bools or 0/1: a
+    False entry masks that step of that sample, which then keeps its previous state (any pattern:
+    left-padded, right-padded, gaps). The output at a masked step is the kept state (Keras'
+    default) or, with ``zero_masked_output``, zero (Keras ``zero_output_for_mask=True``).
     """
     check_mode(mode)
     options = _cell_options(mode, activation, recurrent_activation, reset_after)
@@ -177,13 +184,28 @@ def forward(
         raise ValueError(f"c0: only mode='lstm' has a cell state, got mode={mode!r}")
     c0 = _state("c0", c0, dtype, state_shape)
 
-    plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training, **options)
+    zero_masked_output = chk.flag("zero_masked_output", zero_masked_output)
+    mask_t = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != np.bool_ and not np.issubdtype(m.dtype, np.integer):
+            raise TypeError(f"mask: expected dtype bool (or 0/1 integers), got {m.dtype}")
+        want = (N, T) if batch_first else (T, N)
+        chk.shape("mask", m, want, "(N, T)" if batch_first else "(T, N)")
+        if m.dtype != np.bool_:
+            if m.size and not np.all((m == 0) | (m == 1)):
+                raise ValueError("mask: expected only 0 and 1 values")
+            m = m.astype(np.bool_)
+        mask_t = _time_major(m, batch_first).view(np.uint8)
+    plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
+                   zero_masked_output=zero_masked_output, **options)
     y = np.empty((N, T, D * H) if batch_first else (T, N, D * H), dtype=dtype)
     hN = np.empty(state_shape, dtype=dtype)
     cN = np.empty(state_shape, dtype=dtype) if mode == "lstm" else None
     reserve = np.empty((int(plan.reserve_bytes) + 7) // 8, dtype=np.float64) if training else None
-    _C.forward(plan, xt, weights, h0, c0, _time_major(y, batch_first), hN, cN, _workspace(plan), reserve)
-    ctx = Context(plan, xt, weights, h0, c0, reserve, batch_first) if training else None
+    _C.forward(plan, xt, weights, h0, c0, _time_major(y, batch_first), hN, cN, _workspace(plan), reserve,
+               mask_t)
+    ctx = Context(plan, xt, weights, h0, c0, reserve, batch_first, mask_t) if training else None
     return ForwardResult(y, hN, cN, ctx)
 
 
@@ -221,7 +243,7 @@ def backward_data(ctx: Context, dy=None, dhN=None, dcN=None):
     dc0 = np.empty(state_shape, dtype=dtype) if lstm else None
     _C.backward_data(
         plan, dyt, dhN, dcN, ctx.weights, ctx.h0, ctx.c0, _time_major(dx, ctx.batch_first), dh0,
-        dc0, _workspace(plan), ctx.reserve,
+        dc0, _workspace(plan), ctx.reserve, ctx.mask,
     )
     ctx._has_grads = True
     return dx, dh0, dc0

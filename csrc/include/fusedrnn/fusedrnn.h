@@ -53,6 +53,9 @@ struct RnnDesc {
   // GRU only. true: n = act(W_in x + b_in + r*(W_hn h + b_hn)) (cuDNN, PyTorch, Keras default);
   // false: n = act(W_in x + b_in + W_hn (r*h) + b_hn) (Keras reset_after=False, ONNX default).
   bool reset_after = true;
+  // With a mask, a masked step keeps the previous state; its output is that state (Keras default)
+  // or, with zero_masked_output, zero (Keras zero_output_for_mask=True).
+  bool zero_masked_output = false;
 
   bool gru_reset_before() const { return mode == Mode::kGru && !reset_after; }
   int directions() const { return bidirectional ? 2 : 1; }
@@ -119,6 +122,7 @@ struct Plan {
     int64_t dh = -1;        // backward: running dh (N, H)
     int64_t dc = -1;        // backward: running dc (N, H)
     int64_t inter[2] = {-1, -1};  // inter-layer activations / gradients (T, N, D*H), ping-pong
+    int64_t states = -1;    // inference with zero_masked_output: the last layer's states (T, N, D*H)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
   } ws;
 
@@ -143,6 +147,8 @@ struct ForwardArgs {
   int64_t y_st = 0, y_sn = 0;
   void* hy = nullptr;             // optional (L*D, N, H) final hidden state
   void* cy = nullptr;             // optional (L*D, N, H) final cell state (LSTM)
+  const uint8_t* mask = nullptr;  // optional (T, N): 0 masks step t of sample n, at mask + t*m_st + n*m_sn
+  int64_t mask_st = 0, mask_sn = 0;
   void* workspace = nullptr;      // scratch, plan.workspace_bytes
   void* reserve = nullptr;        // training: kept for backward, plan.reserve_bytes
 };
@@ -159,6 +165,8 @@ struct BackwardDataArgs {
   int64_t dx_st = 0, dx_sn = 0;
   void* dhx = nullptr;            // optional output (L*D, N, H)
   void* dcx = nullptr;            // optional output (L*D, N, H) (LSTM)
+  const uint8_t* mask = nullptr;  // the forward's mask, if any
+  int64_t mask_st = 0, mask_sn = 0;
   void* workspace = nullptr;      // scratch
   void* reserve = nullptr;        // from forward(training); its gradient area is written
 };
