@@ -109,43 +109,50 @@ def default_activation(mode):
     return "relu" if mode == "rnn_relu" else "tanh"
 
 
-def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after):
-    """act, rec: activation names (cell, gates)."""
+def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after, mx=None, mh=None):
+    """act, rec: activation names (cell, gates). mx (N, C), mh (N, H): dropout masks (scaled) on
+    the input and on the state as the recurrent product sees it; None means none."""
     H = h.shape[1]
     f_act, f_rec = ACTIVATIONS[act][0], ACTIVATIONS[rec][0]
+    x = x if mx is None else x * mx
+    hd = h if mh is None else h * mh   # what W_hh multiplies
     gi = x @ wih.T + bih          # (N, G*H)
     if mode == "lstm":
-        a = gi + h @ whh.T + bhh
+        a = gi + hd @ whh.T + bhh
         ai, af, ag, ao = (a[:, k * H:(k + 1) * H] for k in range(4))
         i, f, g, o = f_rec(ai), f_rec(af), f_act(ag), f_rec(ao)
         c_new = f * c + i * g
         h_new = o * f_act(c_new)
-        return h_new, c_new, dict(x=x, h=h, c=c, ai=ai, af=af, ag=ag, ao=ao, i=i, f=f, g=g, o=o,
-                                  c_new=c_new)
+        return h_new, c_new, dict(x=x, h=h, hd=hd, mx=mx, mh=mh, c=c, ai=ai, af=af, ag=ag, ao=ao,
+                                  i=i, f=f, g=g, o=o, c_new=c_new)
     if mode == "gru":
-        gh_rz = h @ whh[:2 * H].T + bhh[:2 * H]
+        gh_rz = hd @ whh[:2 * H].T + bhh[:2 * H]
         ar = gi[:, :H] + gh_rz[:, :H]
         az = gi[:, H:2 * H] + gh_rz[:, H:]
         r, z = f_rec(ar), f_rec(az)
         if reset_after:
-            ghn = h @ whh[2 * H:].T + bhh[2 * H:]
+            ghn = hd @ whh[2 * H:].T + bhh[2 * H:]
             an = gi[:, 2 * H:] + r * ghn
             rh = None
         else:
-            rh = r * h
+            rh = r * hd
             ghn = rh @ whh[2 * H:].T + bhh[2 * H:]
             an = gi[:, 2 * H:] + ghn
         n = f_act(an)
         h_new = (1.0 - z) * n + z * h
-        return h_new, None, dict(x=x, h=h, ar=ar, az=az, an=an, r=r, z=z, n=n, ghn=ghn, rh=rh)
-    a = gi + h @ whh.T + bhh
-    return f_act(a), None, dict(x=x, h=h, a=a)
+        return h_new, None, dict(x=x, h=h, hd=hd, mx=mx, mh=mh, ar=ar, az=az, an=an, r=r, z=z, n=n,
+                                 ghn=ghn, rh=rh)
+    a = gi + hd @ whh.T + bhh
+    return f_act(a), None, dict(x=x, h=h, hd=hd, mx=mx, mh=mh, a=a)
 
 
 def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_after):
     """Returns (dx, dh, dc)."""
     f_act, d_act = ACTIVATIONS[act]
     d_rec = ACTIVATIONS[rec][1]
+    mx = 1.0 if sc["mx"] is None else sc["mx"]
+    mh = 1.0 if sc["mh"] is None else sc["mh"]
+    hd = sc["hd"]
     if mode == "lstm":
         i, f, g, o, c_new = sc["i"], sc["f"], sc["g"], sc["o"], sc["c_new"]
         dc = dc_new + dh_new * o * d_act(c_new)
@@ -157,9 +164,8 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
         da = np.concatenate([di * d_rec(sc["ai"]), df * d_rec(sc["af"]), dg * d_act(sc["ag"]),
                              do * d_rec(sc["ao"])], axis=1)
         dgi = dgh = da
-        dx = dgi @ wih
-        dh_prev = dgh @ whh
-        grads["whh"] += dgh.T @ sc["h"]
+        dh_prev = (dgh @ whh) * mh
+        grads["whh"] += dgh.T @ hd
     elif mode == "gru":
         r, z, n, h = sc["r"], sc["z"], sc["n"], sc["h"]
         H = h.shape[1]
@@ -171,26 +177,25 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
             dr = dan * sc["ghn"]
             dar = dr * d_rec(sc["ar"])
             dgh = np.concatenate([dar, daz, dan * r], axis=1)
-            dh_prev = dgh @ whh + dh_new * z
-            grads["whh"] += dgh.T @ h
+            dh_prev = (dgh @ whh) * mh + dh_new * z
+            grads["whh"] += dgh.T @ hd
         else:
             drh = dan @ whh[2 * H:]
-            dr = drh * h
+            dr = drh * hd
             dar = dr * d_rec(sc["ar"])
             dgh = np.concatenate([dar, daz, dan], axis=1)
-            dh_prev = dgh[:, :2 * H] @ whh[:2 * H] + drh * r + dh_new * z
-            grads["whh"][:2 * H] += dgh[:, :2 * H].T @ h
+            dh_prev = (dgh[:, :2 * H] @ whh[:2 * H] + drh * r) * mh + dh_new * z
+            grads["whh"][:2 * H] += dgh[:, :2 * H].T @ hd
             grads["whh"][2 * H:] += dan.T @ sc["rh"]
         dgi = np.concatenate([dar, daz, dan], axis=1)
-        dx = dgi @ wih
         dc_prev = None
     else:
         da = dh_new * d_act(sc["a"])
         dgi = dgh = da
-        dx = dgi @ wih
-        dh_prev = dgh @ whh
-        grads["whh"] += dgh.T @ sc["h"]
+        dh_prev = (dgh @ whh) * mh
+        grads["whh"] += dgh.T @ hd
         dc_prev = None
+    dx = (dgi @ wih) * mx
     grads["wih"] += dgi.T @ sc["x"]
     grads["bih"] += dgi.sum(axis=0)
     grads["bhh"] += dgh.sum(axis=0)
@@ -203,14 +208,16 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
 
 def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activation=None,
             recurrent_activation="sigmoid", reset_after=True, dtype=np.float64, mask=None,
-            zero_masked_output=False):
+            zero_masked_output=False, dropout_masks=None):
     """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm.
 
     activation: cell activation (LSTM g and c, GRU n, RNN h), default tanh (relu for rnn_relu);
     recurrent_activation: gate activation (LSTM i, f, o; GRU r, z); reset_after: GRU form.
     dtype: the arithmetic (float64, the oracle; float32 gives a yardstick for float32 error).
     mask: optional (T, N) bools; a masked step keeps the previous h (and c) and outputs it, or zero
-    with zero_masked_output (last layer only: inner layers pass the kept state on)."""
+    with zero_masked_output (last layer only: inner layers pass the kept state on).
+    dropout_masks: optional {(layer, direction): (mx (N, C_in) or None, mh (N, H) or None)}, the
+    scaled variational dropout masks on each layer's input and on the state before W_hh."""
     _check_mode(mode)
     act = default_activation(mode) if activation is None else activation
     rec = recurrent_activation
@@ -239,8 +246,9 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
             caches = [None] * T
             times = range(T) if d == 0 else range(T - 1, -1, -1)
             for t in times:
+                mx, mh = (dropout_masks or {}).get((l, d), (None, None))
                 h_new, c_new, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih,
-                                                        bhh, act, rec, reset_after)
+                                                        bhh, act, rec, reset_after, mx, mh)
                 m = np.ones((N, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
                 h = np.where(m, h_new, h)
                 c = np.where(m, c_new, c) if is_lstm else None

@@ -144,7 +144,8 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
                   int64_t num_layers, bool bidirectional, const std::string& dtype,
                   const py::object& activation = py::none(),
                   const std::string& recurrent_activation = "sigmoid", bool reset_after = true,
-                  bool zero_masked_output = false) {
+                  bool zero_masked_output = false, double dropout = 0.0,
+                  double recurrent_dropout = 0.0) {
   RnnDesc d;
   d.mode = parse_mode(mode);
   d.input_size = input_size;
@@ -157,6 +158,8 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
   d.recurrent_activation = parse_activation(recurrent_activation);
   d.reset_after = reset_after;
   d.zero_masked_output = zero_masked_output;
+  d.dropout = dropout;
+  d.recurrent_dropout = recurrent_dropout;
   validate(d);
   return d;
 }
@@ -181,17 +184,18 @@ PYBIND11_MODULE(_C, m) {
                        int64_t num_layers, bool bidirectional, const std::string& dtype, int64_t T,
                        int64_t N, bool training, const py::object& activation,
                        const std::string& recurrent_activation, bool reset_after,
-                       bool zero_masked_output) {
+                       bool zero_masked_output, double dropout, double recurrent_dropout) {
              return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
                                         dtype, activation, recurrent_activation, reset_after,
-                                        zero_masked_output),
+                                        zero_masked_output, dropout, recurrent_dropout),
                               T, N, training);
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
            py::arg("bidirectional"), py::arg("dtype"), py::arg("T"), py::arg("N"),
            py::arg("training"), py::kw_only(), py::arg("activation") = py::none(),
            py::arg("recurrent_activation") = "sigmoid", py::arg("reset_after") = true,
-           py::arg("zero_masked_output") = false)
+           py::arg("zero_masked_output") = false, py::arg("dropout") = 0.0,
+           py::arg("recurrent_dropout") = 0.0)
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
       .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
@@ -205,6 +209,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("reset_after", [](const Plan& p) { return p.desc.reset_after; })
       .def_property_readonly("zero_masked_output",
                              [](const Plan& p) { return p.desc.zero_masked_output; })
+      .def_property_readonly("dropout", [](const Plan& p) { return p.desc.dropout; })
+      .def_property_readonly("recurrent_dropout",
+                             [](const Plan& p) { return p.desc.recurrent_dropout; })
       .def_readonly("T", &Plan::T)
       .def_readonly("N", &Plan::N)
       .def_readonly("training", &Plan::training)
@@ -239,9 +246,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("forward",
         [](const Plan& p, const py::object& x, const py::object& w, const py::object& hx,
            const py::object& cx, const py::object& y, const py::object& hy, const py::object& cy,
-           const py::object& workspace, const py::object& reserve, const py::object& mask) {
+           const py::object& workspace, const py::object& reserve, const py::object& mask,
+           uint64_t seed) {
           const DType dt = p.desc.dtype;
           ForwardArgs a;
+          a.seed = seed;
           const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
           const Grid gy = seq(y, "y", dt, p.T, p.N, p.desc.directions() * p.desc.hidden_size, true);
           a.x = gx.ptr, a.x_st = gx.st, a.x_sn = gx.sn;
@@ -259,15 +268,16 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("plan"), py::arg("x"), py::arg("w"), py::arg("hx"), py::arg("cx"), py::arg("y"),
         py::arg("hy"), py::arg("cy"), py::arg("workspace"), py::arg("reserve"),
-        py::arg("mask") = py::none());
+        py::arg("mask") = py::none(), py::arg("seed") = 0);
 
   m.def("backward_data",
         [](const Plan& p, const py::object& dy, const py::object& dhy, const py::object& dcy,
            const py::object& w, const py::object& hx, const py::object& cx, const py::object& dx,
            const py::object& dhx, const py::object& dcx, const py::object& workspace,
-           const py::object& reserve, const py::object& mask) {
+           const py::object& reserve, const py::object& mask, uint64_t seed) {
           const DType dt = p.desc.dtype;
           BackwardDataArgs a;
+          a.seed = seed;
           if (!dy.is_none()) {
             const Grid g = seq(dy, "dy", dt, p.T, p.N,
                                p.desc.directions() * p.desc.hidden_size, false);
@@ -290,13 +300,14 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("plan"), py::arg("dy"), py::arg("dhy"), py::arg("dcy"), py::arg("w"), py::arg("hx"),
         py::arg("cx"), py::arg("dx"), py::arg("dhx"), py::arg("dcx"), py::arg("workspace"),
-        py::arg("reserve"), py::arg("mask") = py::none());
+        py::arg("reserve"), py::arg("mask") = py::none(), py::arg("seed") = 0);
 
   m.def("backward_weights",
         [](const Plan& p, const py::object& x, const py::object& hx, const py::object& dw,
-           const py::object& workspace, const py::object& reserve) {
+           const py::object& workspace, const py::object& reserve, uint64_t seed) {
           const DType dt = p.desc.dtype;
           BackwardWeightsArgs a;
+          a.seed = seed;
           const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
           a.x = gx.ptr, a.x_st = gx.st, a.x_sn = gx.sn;
           a.hx = dense(hx, "hx", dt, state_shape(p), false);
@@ -307,7 +318,7 @@ PYBIND11_MODULE(_C, m) {
           backward_weights(p, a);
         },
         py::arg("plan"), py::arg("x"), py::arg("hx"), py::arg("dw"), py::arg("workspace"),
-        py::arg("reserve"));
+        py::arg("reserve"), py::arg("seed") = 0);
 
   m.def("build_info", [] {
     const BuildInfo b = build_info();

@@ -104,6 +104,10 @@ void validate(const RnnDesc& d) {
                  "hidden_size: expected an integer in [1, ", kMaxDim, "], got ", d.hidden_size);
   FUSEDRNN_CHECK(d.num_layers >= 1 && d.num_layers <= 1024, ValueError,
                  "num_layers: expected an integer in [1, 1024], got ", d.num_layers);
+  FUSEDRNN_CHECK(d.dropout >= 0.0 && d.dropout < 1.0, ValueError,
+                 "dropout: expected a rate in [0, 1), got ", d.dropout);
+  FUSEDRNN_CHECK(d.recurrent_dropout >= 0.0 && d.recurrent_dropout < 1.0, ValueError,
+                 "recurrent_dropout: expected a rate in [0, 1), got ", d.recurrent_dropout);
   FUSEDRNN_CHECK(d.reset_after || d.mode == Mode::kGru, ValueError,
                  "reset_after: only mode 'gru' has a reset gate, got reset_after=false for mode '",
                  mode_name(d.mode), "'");

@@ -11,6 +11,7 @@
 #include "../cpu/blas.h"
 #include "../cpu/cell.h"
 #include "executor.h"
+#include "fusedrnn/random.h"
 #include "rows.h"
 
 namespace fusedrnn::loop {
@@ -84,6 +85,38 @@ T* zero_row(const Plan& p, T* ws) {
   return zeros;
 }
 
+// A scaled dropout mask (N, width): 1/(1 - rate) where kept, 0 where dropped; null when rate is 0.
+template <typename T>
+T* dropout_mask(const Plan& p, T* ws, int64_t offset, int64_t width, double rate, uint64_t seed,
+                int64_t layer, int dir, DropoutKind kind) {
+  if (!p.training || rate <= 0.0) return nullptr;
+  T* m = ws + offset;
+  const uint64_t stream = dropout_stream(layer, dir, kind);
+  const T keep = static_cast<T>(1.0 / (1.0 - rate));
+  const int64_t count = p.N * width;
+  for (int64_t i = 0; i < count; ++i)
+    m[i] = uniform01(seed, stream, static_cast<uint64_t>(i)) >= rate ? keep : T(0);
+  return m;
+}
+
+// dst[t, n, :] (+)= src[t, n, :] * mask[n, :] over nt x N rows of `width` (mask rows of `width`).
+template <typename T>
+void mask_rows(Rows<T> dst, Rows<const T> src, const T* mask, int64_t nt, int64_t N, int64_t width,
+               bool accumulate) {
+  for (int64_t t = 0; t < nt; ++t) {
+    for (int64_t n = 0; n < N; ++n) {
+      T* d = dst.row(t, n);
+      const T* x = src.row(t, n);
+      const T* m = mask + n * width;
+      if (accumulate) {
+        for (int64_t j = 0; j < width; ++j) d[j] += x[j] * m[j];
+      } else {
+        for (int64_t j = 0; j < width; ++j) d[j] = x[j] * m[j];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -133,6 +166,17 @@ void forward(const Plan& p, const ForwardArgs& a) {
       T* cells = p.training && net.lstm ? rs + p.reserve.cells[si] : nullptr;
       T* cstate = !p.training && net.lstm ? ws + p.ws.cstate : nullptr;
       if (cstate) copy_rows(cstate, H, c0, ld_c0, N, H);
+      // Dropout (training): the layer input masked once for all steps, h_{t-1} per step.
+      const T* mx = dropout_mask(p, ws, p.ws.drop_x, cin, p.desc.dropout, a.seed, l, dir,
+                                 DropoutKind::kInput);
+      const T* mh = dropout_mask(p, ws, p.ws.drop_h, H, p.desc.recurrent_dropout, a.seed, l, dir,
+                                 DropoutKind::kRecurrent);
+      Rows<const T> Xin = X;
+      if (mx) {
+        const Rows<T> Xm{ws + p.ws.xdrop, N * cin, cin};
+        mask_rows(Xm, X, mx, T_, N, cin, false);
+        Xin = Xm.as_const();
+      }
 
       const int64_t chunk = p.chunk_t;
       const int64_t nchunks = (T_ + chunk - 1) / chunk;
@@ -150,7 +194,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
           ld_gx = GH;
           gx = ws + p.ws.gx;
         }
-        gemm_rows<T>(t1 - t0, N, X.shifted(t0), cin, true, w_ih, cin, GH, T(0),
+        gemm_rows<T>(t1 - t0, N, Xin.shifted(t0), cin, true, w_ih, cin, GH, T(0),
                      Rows<T>{gx, N * ld_gx, ld_gx});
 
         for (int64_t s = 0; s < t1 - t0; ++s) {
@@ -177,9 +221,19 @@ void forward(const Plan& p, const ForwardArgs& a) {
           if (zero_h) {
             st.gh = zeros;
             st.ld_gh = 0;
+            st.h_rec = zeros;
+            st.ld_hrec = 0;
           } else {
+            st.h_rec = st.h_prev;
+            st.ld_hrec = st.ld_hp;
+            if (mh) {  // recurrent dropout: the product sees h_{t-1} * mask
+              T* hm = ws + p.ws.hdrop;
+              mask_rows(Rows<T>{hm, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp}, mh, 1, N, H, false);
+              st.h_rec = hm;
+              st.ld_hrec = H;
+            }
             // the reset-before GRU projects only r and z here; n waits for r*h
-            cpu::gemm<T>(false, true, N, net.rb ? 2 * H : GH, H, T(1), st.h_prev, st.ld_hp, w_hh, H,
+            cpu::gemm<T>(false, true, N, net.rb ? 2 * H : GH, H, T(1), st.h_rec, st.ld_hrec, w_hh, H,
                          T(0), gh, GH);
             st.gh = gh;
             st.ld_gh = GH;
@@ -270,6 +324,13 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
       const T* gates = rs + p.reserve.gates[si];
       const T* cells = net.lstm ? rs + p.reserve.cells[si] : nullptr;
       T* grads = rs + p.reserve.grads[si];
+      // The forward's dropout masks, drawn again from the same (seed, position).
+      const T* mx = dropout_mask(p, ws, p.ws.drop_x, cin, p.desc.dropout, a.seed, l, dir,
+                                 DropoutKind::kInput);
+      const T* mh = dropout_mask(p, ws, p.ws.drop_h, H, p.desc.recurrent_dropout, a.seed, l, dir,
+                                 DropoutKind::kRecurrent);
+      T* hm = mh ? ws + p.ws.hdrop : nullptr;        // h_{t-1} * mask, as the forward's product saw it
+      T* tmp = mh ? ws + p.ws.hdrop + N * H : nullptr;  // dG W_hh before the mask
 
       for (int64_t s = T_ - 1; s >= 0; --s) {
         const int64_t t = net.time_of(dir, s);
@@ -307,32 +368,49 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
           st.zero_masked_output = l == L - 1 && p.desc.zero_masked_output;
         }
         cell.backward(st);
+        // The recurrent product's part of dh_{t-1}: dG_h W_hh, through the dropout mask if any,
+        // added to the part the kernel left in dh (GRU z*dh, masked rows' dh).
+        const int64_t k_rec = net.rb ? 2 * H : GH;  // reset-before GRU: n goes through r*h
         if (net.rb) {
-          // d(r*h) = dn W_hn, then r's gradient and the path through r*h; dh_{t-1} adds dG_rz W_hrz
+          // d(r*h) = dn W_hn, then r's gradient and the path of dh through r*h
           T* drh = ws + p.ws.rh;
           cpu::gemm<T>(false, false, N, H, H, T(1), st.dg + 2 * H, net.SH, w_hh + 2 * H * H, H,
                        T(0), drh, H);
           st.drh = drh;
           st.ld_drh = H;
+          const bool zero_h = first && !a.hx;
+          st.h_rec = zero_h ? zeros : st.h_prev;
+          st.ld_hrec = zero_h ? 0 : st.ld_hp;
+          if (mh && !zero_h) {
+            mask_rows(Rows<T>{hm, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp}, mh, 1, N, H, false);
+            st.h_rec = hm;
+            st.ld_hrec = H;
+          }
+          st.rec_mask = mh;
           cell.backward2(st);
-          cpu::gemm<T>(false, false, N, H, 2 * H, T(1), st.dg, net.SH, w_hh, H, T(1), dh, H);
+        }
+        if (mh) {
+          cpu::gemm<T>(false, false, N, H, k_rec, T(1), st.dg, net.SH, w_hh, H, T(0), tmp, H);
+          mask_rows(Rows<T>{dh, 0, H}, Rows<const T>{tmp, 0, H}, mh, 1, N, H, true);
         } else {
-          // dh_{t-1} = dG_h W_hh + the part the kernel left in dh (GRU z*dh, masked rows' dh)
-          cpu::gemm<T>(false, false, N, H, GH, T(1), st.dg, net.SH, w_hh, H, T(1), dh, H);
+          cpu::gemm<T>(false, false, N, H, k_rec, T(1), st.dg, net.SH, w_hh, H, T(1), dh, H);
         }
       }
       if (a.dhx) copy_rows(static_cast<T*>(a.dhx) + si * N * H, H, dh, H, N, H);
       if (a.dcx && net.lstm) copy_rows(static_cast<T*>(a.dcx) + si * N * H, H, dc, H, N, H);
 
-      // Input gradient of the whole layer: dX (+)= dG_x W_ih; both directions add into it.
+      // Input gradient of the whole layer: dX (+)= dG_x W_ih; both directions add into it. With
+      // input dropout each direction's part goes through its own mask first.
       const Rows<const T> dG = net.slots(grads).as_const();
-      const T beta = dir == 0 ? T(0) : T(1);
+      const Rows<T> dXd = mx ? Rows<T>{ws + p.ws.xdrop, N * cin, cin} : dX;
+      const T beta = dir == 0 || mx ? T(0) : T(1);
       if (net.gru && !net.rb) {  // dG_x = [dr, dz | dn] lives in slots 0, 1 and 3
-        gemm_rows<T>(T_, N, dG, 2 * H, false, w_ih, cin, cin, beta, dX);
-        gemm_rows<T>(T_, N, dG.shifted(0, 3 * H), H, false, w_ih + 2 * H * cin, cin, cin, T(1), dX);
+        gemm_rows<T>(T_, N, dG, 2 * H, false, w_ih, cin, cin, beta, dXd);
+        gemm_rows<T>(T_, N, dG.shifted(0, 3 * H), H, false, w_ih + 2 * H * cin, cin, cin, T(1), dXd);
       } else {
-        gemm_rows<T>(T_, N, dG, GH, false, w_ih, cin, cin, beta, dX);
+        gemm_rows<T>(T_, N, dG, GH, false, w_ih, cin, cin, beta, dXd);
       }
+      if (mx) mask_rows(dX, dXd.as_const(), mx, T_, N, cin, dir > 0);
     }
   }
 }
@@ -354,28 +432,55 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
       const int64_t si = p.reserve_index(l, dir);
       const LayerParams off = layer_param_offsets(p.desc, l, dir);
       const Rows<const T> dG = net.slots(const_cast<T*>(rs) + p.reserve.grads[si]).as_const();
+      T* ws = static_cast<T*>(a.workspace);
+      const T* mx = dropout_mask(p, ws, p.ws.drop_x, cin, p.desc.dropout, a.seed, l, dir,
+                                 DropoutKind::kInput);
+      const T* mh = dropout_mask(p, ws, p.ws.drop_h, H, p.desc.recurrent_dropout, a.seed, l, dir,
+                                 DropoutKind::kRecurrent);
+      Rows<const T> Xin = X;  // the layer input as the projection saw it (masked with dropout)
+      if (mx) {
+        const Rows<T> Xm{ws + p.ws.xdrop, N * cin, cin};
+        mask_rows(Xm, X, mx, T_, N, cin, false);
+        Xin = Xm.as_const();
+      }
 
       const bool split = net.gru && !net.rb;  // reset-after GRU: dG_x = [dr, dz | dn], slots 0, 1, 3
       // dW_ih += dG_x^T X
       if (split) {
-        gemm_rows_tn<T>(T_, N, dG, 2 * H, X, cin, dw + off.w_ih, cin);
-        gemm_rows_tn<T>(T_, N, dG.shifted(0, 3 * H), H, X, cin, dw + off.w_ih + 2 * H * cin, cin);
+        gemm_rows_tn<T>(T_, N, dG, 2 * H, Xin, cin, dw + off.w_ih, cin);
+        gemm_rows_tn<T>(T_, N, dG.shifted(0, 3 * H), H, Xin, cin, dw + off.w_ih + 2 * H * cin, cin);
       } else {
-        gemm_rows_tn<T>(T_, N, dG, GH, X, cin, dw + off.w_ih, cin);
+        gemm_rows_tn<T>(T_, N, dG, GH, Xin, cin, dw + off.w_ih, cin);
       }
       // dW_hh += dG_h^T H_prev: every step but the first pairs with the layer's own output one
       // step earlier in processing order; the first pairs with h0 (nothing when h0 is zero). The
       // reset-before GRU does this for r and z; its n rows pair with the saved r*h of the same step.
-      const int64_t mh = net.rb ? 2 * H : GH;
-      if (T_ > 1) {
-        const Rows<const T> dGh = dir == 0 ? dG.shifted(1) : dG;
-        const Rows<const T> Hp = dir == 0 ? O.shifted(0, dir * H) : O.shifted(1, dir * H);
-        gemm_rows_tn<T>(T_ - 1, N, dGh, mh, Hp, H, dw + off.w_hh, H);
-      }
-      if (a.hx && T_ > 0) {
-        const int64_t t_first = net.time_of(dir, 0);
-        const Rows<const T> h0{static_cast<const T*>(a.hx) + si * N * H, 0, H};
-        gemm_rows_tn<T>(1, N, dG.shifted(t_first), mh, h0, H, dw + off.w_hh, H);
+      const int64_t m_rec = net.rb ? 2 * H : GH;
+      if (mh) {
+        // recurrent dropout: pair every step with its masked h_{t-1}, gathered in time order
+        const Rows<T> Hm{ws + p.ws.xdrop, N * H, H};
+        for (int64_t t = 0; t < T_; ++t) {
+          const bool first = t == net.time_of(dir, 0);
+          const T* src = first ? (a.hx ? static_cast<const T*>(a.hx) + si * N * H : nullptr)
+                               : O.row(net.prev_of(dir, t)) + dir * H;
+          if (src) {
+            mask_rows(Hm.shifted(t), Rows<const T>{src, 0, first ? H : O.sn}, mh, 1, N, H, false);
+          } else {
+            std::memset(Hm.row(t), 0, sizeof(T) * N * H);
+          }
+        }
+        gemm_rows_tn<T>(T_, N, dG, m_rec, Hm.as_const(), H, dw + off.w_hh, H);
+      } else {
+        if (T_ > 1) {
+          const Rows<const T> dGh = dir == 0 ? dG.shifted(1) : dG;
+          const Rows<const T> Hp = dir == 0 ? O.shifted(0, dir * H) : O.shifted(1, dir * H);
+          gemm_rows_tn<T>(T_ - 1, N, dGh, m_rec, Hp, H, dw + off.w_hh, H);
+        }
+        if (a.hx && T_ > 0) {
+          const int64_t t_first = net.time_of(dir, 0);
+          const Rows<const T> h0{static_cast<const T*>(a.hx) + si * N * H, 0, H};
+          gemm_rows_tn<T>(1, N, dG.shifted(t_first), m_rec, h0, H, dw + off.w_hh, H);
+        }
       }
       if (net.rb) {
         const Rows<const T> RH = net.slots(const_cast<T*>(rs) + p.reserve.gates[si]).as_const();

@@ -79,6 +79,15 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   if (desc.gru_reset_before()) p.ws.rh = ws.take(N, H);
   if (L >= 2) p.ws.inter[0] = ws.take(T, N, D * H);
   if (L >= 3) p.ws.inter[1] = ws.take(T, N, D * H);
+  if (training && (desc.dropout > 0 || desc.recurrent_dropout > 0)) {
+    const int64_t widest = std::max(desc.input_size, std::max<int64_t>(D * H, H));
+    p.ws.xdrop = ws.take(T, N, widest);
+    if (desc.dropout > 0) p.ws.drop_x = ws.take(N, widest);
+    if (desc.recurrent_dropout > 0) {
+      p.ws.drop_h = ws.take(N, H);
+      p.ws.hdrop = ws.take(2, N, H);
+    }
+  }
   if (training) {
     p.ws.dh = ws.take(N, H);
     p.ws.dc = ws.take(N, H);

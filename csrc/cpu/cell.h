@@ -28,7 +28,9 @@ struct StepForward {
   T* h_out = nullptr;        int64_t ld_ho = 0;  // (N, H) new hidden state
   T* y_out = nullptr;        int64_t ld_yo = 0;  // optional second copy of the new hidden state
   T* c_out = nullptr;        int64_t ld_co = 0;  // (N, H) new cell state (LSTM); may alias c_prev
-  T* rh = nullptr;           int64_t ld_rh = 0;  // GRU reset-before: (N, H) r*h_prev, out of part 1
+  T* rh = nullptr;           int64_t ld_rh = 0;  // GRU reset-before: (N, H) r*h_rec, out of part 1
+  const T* h_rec = nullptr;  int64_t ld_hrec = 0; // GRU reset-before: the h the recurrent product
+                                                  // sees (h_prev, or it with recurrent dropout)
   const uint8_t* mask = nullptr; int64_t ld_mask = 0;  // optional (N): 0 = keep the previous state
   bool zero_masked_output = false;               // masked rows write 0 to y_out instead of the state
 };
@@ -48,6 +50,9 @@ struct StepBackward {
   const T* h = nullptr;      int64_t ld_h = 0;   // RNN: this step's hidden output
   const T* h_prev = nullptr; int64_t ld_hp = 0;  // GRU: the previous hidden state
   const T* drh = nullptr;    int64_t ld_drh = 0; // GRU reset-before part 2: d(r*h) = dn W_hn
+  const T* h_rec = nullptr;  int64_t ld_hrec = 0; // GRU reset-before part 2: h as the product saw it
+  const T* rec_mask = nullptr;                    // GRU reset-before part 2: (N, H) recurrent
+                                                  // dropout mask (null: none), row stride H
   T* dg = nullptr;           int64_t ld_dg = 0;  // out: pre-activation gate gradients, slots*H per row
   int64_t slots = 0;                             // row width of dg in units of H (zeroed when masked)
   const uint8_t* mask = nullptr; int64_t ld_mask = 0;

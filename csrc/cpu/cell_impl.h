@@ -321,14 +321,14 @@ static void gru_rb_forward1(const StepForward<T>& s) {
   for_rows(s.N, [&](int64_t n) {
     if (is_masked(s, n)) return keep_state(s, n);
     T* g = s.gx + n * s.ld_gx;
-    const T* hp = s.h_prev + n * s.ld_hp;
+    const T* hr = s.h_rec + n * s.ld_hrec;
     T* rh = s.rh + n * s.ld_rh;
     with_act(s.rec, [&](auto R) {
       using Rec = decltype(R);
       gate_block<Rec>(g, g, s.gh + n * s.ld_gh, s.bias, 2 * H);
     });
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) rh[j] = g[j] * hp[j];
+    for (int64_t j = 0; j < H; ++j) rh[j] = g[j] * hr[j];
   });
 }
 
@@ -389,13 +389,18 @@ static void gru_rb_backward2(const StepBackward<T>& s) {
     if (is_masked(s, n)) return;
     T* dh = s.dh + n * s.ld_dh;
     const T* g = s.gates + n * s.ld_g;
-    const T* hp = s.h_prev + n * s.ld_hp;
+    const T* hr = s.h_rec + n * s.ld_hrec;
     const T* drh = s.drh + n * s.ld_drh;
     T* dg = s.dg + n * s.ld_dg;
 #pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      dg[j] = drh[j] * hp[j];
-      dh[j] += drh[j] * g[j];
+    for (int64_t j = 0; j < H; ++j) dg[j] = drh[j] * hr[j];
+    if (s.rec_mask) {
+      const T* m = s.rec_mask + n * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) dh[j] += drh[j] * g[j] * m[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) dh[j] += drh[j] * g[j];
     }
     with_act(s.rec, [&](auto R) {
       using Rec = decltype(R);

@@ -21,6 +21,8 @@ class Plan:
         recurrent_activation: str = "sigmoid",
         reset_after: bool = True,
         zero_masked_output: bool = False,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
     ) -> None: ...
     @property
     def mode(self) -> str: ...
@@ -42,6 +44,10 @@ class Plan:
     def reset_after(self) -> bool: ...
     @property
     def zero_masked_output(self) -> bool: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def recurrent_dropout(self) -> float: ...
     @property
     def T(self) -> int: ...
     @property
@@ -75,6 +81,7 @@ def forward(
     workspace: np.ndarray,
     reserve: Optional[np.ndarray],
     mask: Optional[np.ndarray] = None,
+    seed: int = 0,
 ) -> None: ...
 def backward_data(
     plan: Plan,
@@ -90,6 +97,7 @@ def backward_data(
     workspace: np.ndarray,
     reserve: np.ndarray,
     mask: Optional[np.ndarray] = None,
+    seed: int = 0,
 ) -> None: ...
 def backward_weights(
     plan: Plan,
@@ -98,6 +106,7 @@ def backward_weights(
     dw: np.ndarray,
     workspace: np.ndarray,
     reserve: np.ndarray,
+    seed: int = 0,
 ) -> None: ...
 def build_info() -> dict: ...
 def _activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...

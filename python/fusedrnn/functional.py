@@ -87,11 +87,12 @@ class Context:
     reserve. It keeps references, not copies: do not modify x, weights, h0 or c0 in place before
     backward. It can be used for any number of backward calls."""
 
-    __slots__ = ("plan", "x", "weights", "h0", "c0", "reserve", "batch_first", "mask", "_has_grads")
+    __slots__ = ("plan", "x", "weights", "h0", "c0", "reserve", "batch_first", "mask", "seed",
+                 "_has_grads")
 
-    def __init__(self, plan, x, weights, h0, c0, reserve, batch_first, mask):
+    def __init__(self, plan, x, weights, h0, c0, reserve, batch_first, mask, seed):
         self.plan, self.x, self.weights, self.h0, self.c0 = plan, x, weights, h0, c0
-        self.reserve, self.batch_first, self.mask = reserve, batch_first, mask
+        self.reserve, self.batch_first, self.mask, self.seed = reserve, batch_first, mask, seed
         self._has_grads = False
 
     @property
@@ -132,6 +133,9 @@ def forward(
     reset_after: bool = True,
     mask=None,
     zero_masked_output: bool = False,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    seed: Optional[int] = None,
 ) -> ForwardResult:
     """Runs the network over a sequence.
 
@@ -150,6 +154,12 @@ def forward(
     False entry masks that step of that sample, which then keeps its previous state (any pattern:
     left-padded, right-padded, gaps). The output at a masked step is the kept state (Keras'
     default) or, with ``zero_masked_output``, zero (Keras ``zero_output_for_mask=True``).
+
+    dropout, recurrent_dropout: rates in [0, 1) of variational dropout, applied when ``training``
+    only (Keras semantics): one mask per sequence on each layer's input (N, C_in) and one on the
+    state before the recurrent product (N, H), per layer and direction, scaled by 1/(1 - rate). The
+    masks are a pure function of ``seed`` and position (same seed, same masks, whatever the thread
+    count); ``seed=None`` draws one.
     """
     check_mode(mode)
     options = _cell_options(mode, activation, recurrent_activation, reset_after)
@@ -185,6 +195,12 @@ def forward(
     c0 = _state("c0", c0, dtype, state_shape)
 
     zero_masked_output = chk.flag("zero_masked_output", zero_masked_output)
+    rates = {name: _rate(name, value) for name, value in
+             (("dropout", dropout), ("recurrent_dropout", recurrent_dropout))}
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2**63))
+    else:
+        seed = chk.size("seed", seed, 0)
     mask_t = None
     if mask is not None:
         m = np.asarray(mask)
@@ -198,15 +214,24 @@ def forward(
             m = m.astype(np.bool_)
         mask_t = _time_major(m, batch_first).view(np.uint8)
     plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
-                   zero_masked_output=zero_masked_output, **options)
+                   zero_masked_output=zero_masked_output, **rates, **options)
     y = np.empty((N, T, D * H) if batch_first else (T, N, D * H), dtype=dtype)
     hN = np.empty(state_shape, dtype=dtype)
     cN = np.empty(state_shape, dtype=dtype) if mode == "lstm" else None
     reserve = np.empty((int(plan.reserve_bytes) + 7) // 8, dtype=np.float64) if training else None
     _C.forward(plan, xt, weights, h0, c0, _time_major(y, batch_first), hN, cN, _workspace(plan), reserve,
-               mask_t)
-    ctx = Context(plan, xt, weights, h0, c0, reserve, batch_first, mask_t) if training else None
+               mask_t, seed)
+    ctx = Context(plan, xt, weights, h0, c0, reserve, batch_first, mask_t, seed) if training else None
     return ForwardResult(y, hN, cN, ctx)
+
+
+def _rate(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a float in [0, 1), got {value!r}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a rate in [0, 1), got {value}")
+    return value
 
 
 def _check_ctx(ctx) -> Context:
@@ -243,7 +268,7 @@ def backward_data(ctx: Context, dy=None, dhN=None, dcN=None):
     dc0 = np.empty(state_shape, dtype=dtype) if lstm else None
     _C.backward_data(
         plan, dyt, dhN, dcN, ctx.weights, ctx.h0, ctx.c0, _time_major(dx, ctx.batch_first), dh0,
-        dc0, _workspace(plan), ctx.reserve, ctx.mask,
+        dc0, _workspace(plan), ctx.reserve, ctx.mask, ctx.seed,
     )
     ctx._has_grads = True
     return dx, dh0, dc0
@@ -262,7 +287,7 @@ def backward_weights(ctx: Context, dw=None) -> np.ndarray:
         chk.shape("dw", dw, ctx.weights.shape, "(the shape of the weights)")
         if not (dw.flags.c_contiguous and dw.flags.aligned and dw.flags.writeable):
             raise ValueError("dw: expected a writable, aligned, C-contiguous array to accumulate into")
-    _C.backward_weights(ctx.plan, ctx.x, ctx.h0, dw, _workspace(ctx.plan), ctx.reserve)
+    _C.backward_weights(ctx.plan, ctx.x, ctx.h0, dw, _workspace(ctx.plan), ctx.reserve, ctx.seed)
     return dw
 
 

@@ -56,6 +56,11 @@ struct RnnDesc {
   // With a mask, a masked step keeps the previous state; its output is that state (Keras default)
   // or, with zero_masked_output, zero (Keras zero_output_for_mask=True).
   bool zero_masked_output = false;
+  // Variational dropout (Keras semantics), applied in training only: one mask per sequence for each
+  // layer's input (N, C_in) and one for the recurrent state (N, H) before W_hh, per layer and
+  // direction, drawn from (seed, position) by fusedrnn/random.h; inverted scaling 1/(1 - rate).
+  double dropout = 0.0;
+  double recurrent_dropout = 0.0;
 
   bool gru_reset_before() const { return mode == Mode::kGru && !reset_after; }
   int directions() const { return bidirectional ? 2 : 1; }
@@ -123,6 +128,11 @@ struct Plan {
     int64_t dc = -1;        // backward: running dc (N, H)
     int64_t inter[2] = {-1, -1};  // inter-layer activations / gradients (T, N, D*H), ping-pong
     int64_t states = -1;    // inference with zero_masked_output: the last layer's states (T, N, D*H)
+    int64_t drop_x = -1;    // dropout: the input mask of one (layer, dir) (N, C_in)
+    int64_t drop_h = -1;    // recurrent dropout: the state mask (N, H)
+    int64_t xdrop = -1;     // dropout: masked layer input / input-gradient scratch / masked states
+                            // (T, N, max(C_in, H))
+    int64_t hdrop = -1;     // recurrent dropout: masked h_{t-1} and a GEMM scratch (2, N, H)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
   } ws;
 
@@ -149,6 +159,7 @@ struct ForwardArgs {
   void* cy = nullptr;             // optional (L*D, N, H) final cell state (LSTM)
   const uint8_t* mask = nullptr;  // optional (T, N): 0 masks step t of sample n, at mask + t*m_st + n*m_sn
   int64_t mask_st = 0, mask_sn = 0;
+  uint64_t seed = 0;              // dropout masks (training with dropout rates > 0)
   void* workspace = nullptr;      // scratch, plan.workspace_bytes
   void* reserve = nullptr;        // training: kept for backward, plan.reserve_bytes
 };
@@ -167,6 +178,7 @@ struct BackwardDataArgs {
   void* dcx = nullptr;            // optional output (L*D, N, H) (LSTM)
   const uint8_t* mask = nullptr;  // the forward's mask, if any
   int64_t mask_st = 0, mask_sn = 0;
+  uint64_t seed = 0;              // the forward's seed
   void* workspace = nullptr;      // scratch
   void* reserve = nullptr;        // from forward(training); its gradient area is written
 };
@@ -176,6 +188,7 @@ struct BackwardWeightsArgs {
   int64_t x_st = 0, x_sn = 0;
   const void* hx = nullptr;       // optional, as given to forward
   void* dw = nullptr;             // flat parameter gradient: accumulated into (+=)
+  uint64_t seed = 0;              // the forward's seed
   void* workspace = nullptr;      // scratch
   const void* reserve = nullptr;  // after backward_data
 };
