@@ -42,6 +42,7 @@ from .functional import (  # noqa: E402
     memory,
 )
 from .layout import MODES, ParamPiece, init_weights, num_gates, param_layout, param_size  # noqa: E402
+from .layers import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -55,9 +56,13 @@ __all__ = [
     "MODES",
     "BackwardResult",
     "Context",
+    "Bidirectional",
     "ForwardResult",
+    "GRU",
+    "LSTM",
     "Memory",
     "ParamPiece",
+    "SimpleRNN",
     "backward",
     "backward_data",
     "backward_weights",
