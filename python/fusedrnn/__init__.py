@@ -43,6 +43,7 @@ from .functional import (  # noqa: E402
 )
 from .layout import MODES, ParamPiece, init_weights, num_gates, param_layout, param_size  # noqa: E402
 from .layers import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: E402
+from . import checkpoint, io, rnn_cell  # noqa: E402, F401
 
 __version__ = "0.1.0"
 
@@ -67,11 +68,14 @@ __all__ = [
     "backward_data",
     "backward_weights",
     "build_info",
+    "checkpoint",
     "converters",
     "forward",
     "init_weights",
+    "io",
     "memory",
     "num_gates",
     "param_layout",
     "param_size",
+    "rnn_cell",
 ]
