@@ -197,10 +197,12 @@ def forward(
     zero_masked_output = chk.flag("zero_masked_output", zero_masked_output)
     rates = {name: _rate(name, value) for name, value in
              (("dropout", dropout), ("recurrent_dropout", recurrent_dropout))}
-    if seed is None:
+    if seed is not None:
+        seed = chk.size("seed", seed, 0)
+    elif training and (rates["dropout"] > 0 or rates["recurrent_dropout"] > 0):
         seed = int(np.random.default_rng().integers(0, 2**63))
     else:
-        seed = chk.size("seed", seed, 0)
+        seed = 0  # no masks are drawn
     mask_t = None
     if mask is not None:
         m = np.asarray(mask)
