@@ -43,6 +43,7 @@ from .functional import (  # noqa: E402
 )
 from .layout import MODES, ParamPiece, init_weights, num_gates, param_layout, param_size  # noqa: E402
 from .layers import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: E402
+from .layers import RNN, GRUCell, LSTMCell, SimpleRNNCell, StackedRNNCells  # noqa: E402
 from . import checkpoint, io, rnn_cell  # noqa: E402, F401
 
 __version__ = "0.1.0"
@@ -60,10 +61,15 @@ __all__ = [
     "Bidirectional",
     "ForwardResult",
     "GRU",
+    "GRUCell",
     "LSTM",
+    "LSTMCell",
     "Memory",
     "ParamPiece",
+    "RNN",
     "SimpleRNN",
+    "SimpleRNNCell",
+    "StackedRNNCells",
     "backward",
     "backward_data",
     "backward_weights",

@@ -39,6 +39,14 @@ which is the final state, except with ``zero_output_for_mask=True`` where a mask
 (e.g. left padding read backwards) makes it zero; ``Bidirectional`` sets ``zero_output_for_mask``
 to ``return_sequences`` on both of its layers.
 
+Keras's generic RNN API is here too: ``LSTMCell``, ``GRUCell`` and ``SimpleRNNCell`` (one step on
+the fused core, T = 1; each keeps a layer of its kind as its core, so weights, initializers and
+get_weights / set_weights are the layers'), ``StackedRNNCells`` and ``RNN(cell)``: built-in cells
+and stacks of them run whole sequences fused (one core call per cell, through the layers above);
+any other cell following Keras's protocol (``state_size``, ``call(inputs, states)``) runs in a
+Python loop over time, nested inputs and states included, differentiable when the cell has a
+``vjp``. See ``RNN``.
+
 Differences from Keras, on purpose:
 - ``unroll`` is accepted and recorded, but both values run the same fused kernel (fusedrnn's
   while-loop executor; mapping ``unroll=True`` to the unrolled executor is left to the core).
@@ -72,7 +80,8 @@ from . import converters as cv
 from . import functional
 from .layout import ACTIVATIONS, param_layout, param_size
 
-__all__ = ["LSTM", "GRU", "SimpleRNN", "Bidirectional"]
+__all__ = ["LSTM", "GRU", "SimpleRNN", "Bidirectional", "LSTMCell", "GRUCell", "SimpleRNNCell",
+           "StackedRNNCells", "RNN"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -680,7 +689,9 @@ class _RNN:
             return dx, ([g.dh0[0], g.dc0[0]] if lstm else [g.dh0[0]])
         return dx
 
-    def _set_grads(self, flat_grad) -> None:
+    def _clean_flat_grad(self, flat_grad) -> np.ndarray:
+        """A copy of a flat weight gradient with zeros for the biases Keras does not have (both
+        biases without use_bias, the extra h2h bias otherwise)."""
         flat_grad = np.array(flat_grad, dtype=self.dtype)
         if not self.use_bias:
             flat_grad[self._bias_slice()] = 0
@@ -688,6 +699,10 @@ class _RNN:
             extra = self._extra_bias_slice()
             if extra is not None:
                 flat_grad[extra] = 0
+        return flat_grad
+
+    def _set_grads(self, flat_grad) -> None:
+        flat_grad = self._clean_flat_grad(flat_grad)
         self.flat_grad = flat_grad
         self.grads = self._keras_grads(flat_grad)
 
@@ -1130,3 +1145,1248 @@ class Bidirectional:
                 return g.dx, [g.dh0[0], g.dc0[0], g.dh0[1], g.dc0[1]]
             return g.dx, [g.dh0[0], g.dh0[1]]
         return g.dx
+
+
+# --------------------------------------------------------------------------------------------------
+# Keras's generic RNN API: LSTMCell, GRUCell, SimpleRNNCell, StackedRNNCells and RNN
+# --------------------------------------------------------------------------------------------------
+
+# ----- nested structures (lists, tuples and dicts of arrays) ----------------------------------------
+
+
+def _is_nested(x) -> bool:
+    return isinstance(x, (list, tuple, dict))
+
+
+def _rebuild(like, items):
+    """A list or tuple (namedtuples kept) like ``like`` with ``items``."""
+    if isinstance(like, tuple):
+        return type(like)(*items) if hasattr(like, "_fields") else tuple(items)
+    return list(items)
+
+
+def _describe(x) -> str:
+    if isinstance(x, dict):
+        return f"a dict with keys {sorted(map(str, x))}"
+    if isinstance(x, (list, tuple)):
+        return f"a {type(x).__name__} of {len(x)} entries"
+    shape = getattr(x, "shape", None)
+    return f"{type(x).__name__} of shape {tuple(shape)}" if shape is not None else \
+        f"{type(x).__name__} {x!r:.60}"
+
+
+def _tree_map(fn, tree, *rest, where="structure"):
+    """``fn`` over the leaves of ``tree`` and the matching leaves of ``rest`` (lists and tuples match
+    each other by position, dicts match by key; anything else is a leaf). The result has ``tree``'s
+    structure. A mismatch raises ValueError naming ``where`` and the path."""
+    if isinstance(tree, dict):
+        for r in rest:
+            if not isinstance(r, dict) or set(r) != set(tree):
+                raise ValueError(f"{where}: expected a dict with keys {sorted(map(str, tree))}, got "
+                                 f"{_describe(r)}")
+        return {k: _tree_map(fn, v, *(r[k] for r in rest), where=f"{where}[{k!r}]")
+                for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        for r in rest:
+            if not isinstance(r, (list, tuple)) or len(r) != len(tree):
+                raise ValueError(f"{where}: expected a list or tuple of {len(tree)} entries, got "
+                                 f"{_describe(r)}")
+        return _rebuild(tree, [_tree_map(fn, *z, where=f"{where}[{i}]")
+                               for i, z in enumerate(zip(tree, *rest))])
+    for r in rest:
+        if _is_nested(r):
+            raise ValueError(f"{where}: expected an array, got {_describe(r)}")
+    return fn(tree, *rest)
+
+
+def _leaves(tree) -> list:
+    if isinstance(tree, dict):
+        return [leaf for v in tree.values() for leaf in _leaves(v)]
+    if isinstance(tree, (list, tuple)):
+        return [leaf for v in tree for leaf in _leaves(v)]
+    return [tree]
+
+
+def _float_leaf(name, value) -> np.ndarray:
+    """An array of floats (integers and bools become float32, as Keras casts them)."""
+    a = np.asarray(value)
+    if np.issubdtype(a.dtype, np.floating):
+        return a
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        return a.astype(np.float32)
+    raise TypeError(f"{name}: expected a float array, got dtype {a.dtype}")
+
+
+def _fill(name, value, template, shape_of=lambda t: t.shape):
+    """``value`` checked against the structure of ``template``: its arrays must have the shapes
+    ``shape_of(template leaf)``; None (anywhere) stands for zeros."""
+    if value is None:
+        return _tree_map(lambda t: np.zeros(shape_of(t), t.dtype), template)
+    if isinstance(template, dict):
+        if not isinstance(value, dict) or set(value) != set(template):
+            raise ValueError(f"{name}: expected a dict with keys {sorted(map(str, template))}, got "
+                             f"{_describe(value)}")
+        return {k: _fill(f"{name}[{k!r}]", value[k], t, shape_of) for k, t in template.items()}
+    if isinstance(template, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(template):
+            raise ValueError(f"{name}: expected a list or tuple of {len(template)} entries, got "
+                             f"{_describe(value)}")
+        return _rebuild(template, [_fill(f"{name}[{i}]", v, t, shape_of)
+                                   for i, (v, t) in enumerate(zip(value, template))])
+    if _is_nested(value):
+        raise ValueError(f"{name}: expected an array, got {_describe(value)}")
+    a = _float_leaf(name, value)
+    chk.shape(name, a, shape_of(template))
+    return a
+
+
+def _add_at(tree, path, value):
+    """``tree`` with ``value`` added to the leaf at ``path`` (positions in lists/tuples)."""
+    if not path:
+        return tree + value
+    items = list(tree)
+    items[path[0]] = _add_at(items[path[0]], path[1:], value)
+    return _rebuild(tree, items)
+
+
+def _get_at(tree, path):
+    for i in path:
+        tree = tree[i]
+    return tree
+
+
+def _prev_output_paths(states) -> list:
+    """Where Keras's scan loop takes the previous output at a masked step, in order: ``states[0]``,
+    else (stacked cells) the last cell's first state, ``states[-1][0]`` (or ``states[-1]`` when that
+    cell's state is a bare array, which Keras indexes by mistake). The caller takes the first one
+    that is an array shaped like the output."""
+    if not isinstance(states, (list, tuple)) or not states:
+        return []
+    paths = [(0,)] if not _is_nested(states[0]) else []
+    last = states[-1]
+    if len(states) > 1 and not _is_nested(last):
+        paths.append((len(states) - 1,))
+    elif isinstance(last, (list, tuple)) and last and not _is_nested(last[0]):
+        paths.append((len(states) - 1, 0))
+    return paths
+
+
+# ----- the cell protocol ------------------------------------------------------------------------
+
+
+def _accepts(fn, name) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _step_fn(cell):
+    """What a step calls (as Keras's StackedRNNCells): the cell itself when callable (a Keras
+    Layer's ``__call__``, which builds it), else its ``call``."""
+    return cell if callable(cell) else cell.call
+
+
+def _run_step(fn, inputs, states, training, what):
+    kw = {"training": training} if _accepts(fn, "training") else {}
+    result = fn(inputs, states, **kw)
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise TypeError(f"{what}: expected (output, new_states) from the cell, got "
+                        f"{_describe(result)}")
+    return result
+
+
+def _run_vjp(cell, inputs, states, training, what):
+    kw = {"training": training} if _accepts(cell.vjp, "training") else {}
+    result = cell.vjp(inputs, states, **kw)
+    if not isinstance(result, (tuple, list)) or len(result) != 3 or not callable(result[2]):
+        raise TypeError(f"{what}: expected (output, new_states, pullback) from the cell's vjp, got "
+                        f"{_describe(result)}")
+    return result
+
+
+def _unpack_pullback(result, what):
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise TypeError(f"{what}: the pullback must return (d_inputs, d_states) or (d_inputs, "
+                        f"d_states, d_weights), got {_describe(result)}")
+    return result[0], result[1], (result[2] if len(result) == 3 else None)
+
+
+def _check_cell(argname, cell) -> None:
+    if not callable(getattr(cell, "call", None)):
+        raise TypeError(f"{argname}: expected an RNN cell (an object with call(inputs, states) and "
+                        f"state_size), got {type(cell).__name__} without a call method")
+    if not hasattr(cell, "state_size"):
+        raise TypeError(f"{argname}: expected an RNN cell (an object with call(inputs, states) and "
+                        f"state_size), got {type(cell).__name__} without state_size")
+    size = cell.state_size
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (numbers.Integral, list, tuple)):
+        raise TypeError(f"{argname}: state_size must be an integer or a list/tuple (one entry per "
+                        f"state), got {size!r}")
+
+
+def _is_builtin_cell(cell) -> bool:
+    """A cell of this module whose step is ours (so a sequence can run fused)."""
+    return (isinstance(cell, _Cell) and type(cell).call is _Cell.call
+            and type(cell).__call__ is _Cell.__call__)
+
+
+def _has_vjp(cell) -> bool:
+    if isinstance(cell, StackedRNNCells) and type(cell).vjp is StackedRNNCells.vjp:
+        return type(cell).call is StackedRNNCells.call and all(_has_vjp(c) for c in cell.cells)
+    if isinstance(cell, _Cell) and type(cell).vjp is _Cell.vjp:
+        return _is_builtin_cell(cell)
+    return callable(getattr(cell, "vjp", None))
+
+
+def _zeros_state(size, N, dtype, where):
+    if isinstance(size, numbers.Integral) and not isinstance(size, (bool, np.bool_)):
+        return np.zeros((N, int(size)), dtype)
+    if isinstance(size, (list, tuple)):
+        return [_zeros_state(s, N, dtype, where) for s in size]
+    if isinstance(size, dict):
+        return {k: _zeros_state(s, N, dtype, where) for k, s in size.items()}
+    raise TypeError(f"{where}: cannot make a zero state of size {size!r}; give the cell a "
+                    f"get_initial_state(batch_size) or pass initial_state")
+
+
+def _cell_initial_state(cell, N, dtype):
+    """The cell's initial state for a batch of N: its get_initial_state(batch_size=N) when it has one
+    (a stack asks each cell), else zeros (N, size) for each entry of state_size."""
+    if isinstance(cell, StackedRNNCells) and \
+            type(cell).get_initial_state is StackedRNNCells.get_initial_state:
+        return [_cell_initial_state(c, N, dtype) for c in cell.cells]
+    fn = getattr(cell, "get_initial_state", None)
+    if callable(fn):
+        return _tree_map(np.asarray, fn(batch_size=N))
+    return _zeros_state(cell.state_size, N, dtype, f"{type(cell).__name__}.state_size")
+
+
+def _output_size(cell):
+    size = getattr(cell, "output_size", None)
+    if size is not None:
+        return size
+    state_size = cell.state_size
+    return state_size[0] if isinstance(state_size, (list, tuple)) else state_size
+
+
+def _build_cell(cell, input_shape) -> None:
+    """Keras's RNN.build for a cell: ``build(step_input_shape)`` if it has one and is not built."""
+    build = getattr(cell, "build", None)
+    if not callable(build) or getattr(cell, "built", False):
+        return
+    build(input_shape)
+    try:
+        cell.built = True
+    except AttributeError:  # a read-only property (the cells of this module)
+        pass
+
+
+def _reset_dropout(cell) -> None:
+    for name in ("reset_dropout_mask", "reset_recurrent_dropout_mask"):
+        fn = getattr(cell, name, None)
+        if callable(fn):
+            fn()
+
+
+def _n_weights(cell) -> int:
+    if isinstance(cell, _Cell):
+        return 3 if cell.use_bias else 2
+    if isinstance(cell, StackedRNNCells):
+        return sum(_n_weights(c) for c in cell.cells)
+    fn = getattr(cell, "get_weights", None)
+    return len(fn()) if callable(fn) else 0
+
+
+def _zero_weight_grads(cell) -> list:
+    fn = getattr(cell, "get_weights", None)
+    return [np.zeros_like(np.asarray(w)) for w in fn()] if callable(fn) else []
+
+
+# ----- the built-in cells -----------------------------------------------------------------------
+
+_CELL_LAYER_ONLY = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll",
+                    "zero_output_for_mask")
+
+
+def _option(name: str):
+    return property(lambda self: getattr(self._core, name),
+                    doc=f"``{name}`` as given to the constructor (checked); read-only.")
+
+
+class _Cell:
+    """Shared machinery of LSTMCell, GRUCell and SimpleRNNCell (see ``RNN``).
+
+    A cell keeps a layer of the same kind (``LSTM`` / ``GRU`` / ``SimpleRNN``) as its core: the
+    weights (one flat vector), initializers, get_weights / set_weights and the dropout stream are
+    that layer's. A step is one fused call with T = 1; an ``RNN`` of built-in cells runs the whole
+    sequence through layers that share these weights."""
+
+    _LAYER: type = _RNN
+    _NAME = ""
+
+    def _setup(self, units, options: dict, kwargs: dict) -> None:
+        cls = type(self).__name__
+        allowed = set(_CALL_KEYWORDS_NONE)
+        if self._LAYER is not SimpleRNN:
+            allowed.add("implementation")
+        for key in kwargs:
+            if key not in allowed:
+                raise TypeError(f"{cls}: unexpected keyword argument {key!r}")
+        name = options.pop("name")
+        if name is None:
+            name = self._NAME
+        self._core = self._LAYER(units, **options, name=name, **kwargs)
+        self._mask_seed = None  # Keras caches a cell's dropout masks until reset_dropout_mask()
+        self.grads = None
+        self.flat_grad = None
+
+    units = _option("units")
+    activation = _option("activation")
+    use_bias = _option("use_bias")
+    kernel_initializer = _option("kernel_initializer")
+    recurrent_initializer = _option("recurrent_initializer")
+    bias_initializer = _option("bias_initializer")
+    dropout = _option("dropout")
+    recurrent_dropout = _option("recurrent_dropout")
+    seed = _option("seed")
+    dtype = _option("dtype")
+    name = _option("name")
+    input_dim = _option("input_dim")
+
+    @property
+    def state_size(self):
+        return self.units
+
+    @property
+    def output_size(self) -> int:
+        return self.units
+
+    def __repr__(self) -> str:
+        built = f"input_dim={self.input_dim}" if self.built else "not built"
+        return f"{type(self).__name__}(units={self.units}, name={self.name!r}, {built})"
+
+    # ----- configuration and weights ------------------------------------------------------------
+
+    def get_config(self) -> dict:
+        config = self._core.get_config()
+        for key in _CELL_LAYER_ONLY:
+            config.pop(key, None)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    @property
+    def built(self) -> bool:
+        return self._core.built
+
+    def build(self, input_shape) -> None:
+        """Creates the weights for step inputs of shape ``(N, C)`` (N may be None; only C matters),
+        from the initializers, as the layer of the same kind does. A built cell is left as it is."""
+        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or \
+                len(input_shape) < 1:
+            raise ValueError(f"input_shape: expected (N, C) (N may be None), got {input_shape!r}")
+        self._core.build((None, None, input_shape[-1]))
+
+    def get_weights(self) -> list:
+        """Keras's list: kernel, recurrent_kernel, bias (if use_bias); [] before build."""
+        return self._core.get_weights()
+
+    def set_weights(self, weights) -> None:
+        """Loads Keras's list (``keras_cell.get_weights()``); an unbuilt cell is built from it."""
+        self._core.set_weights(weights)
+
+    def count_params(self) -> int:
+        return self._core.count_params()
+
+    @property
+    def flat_weights(self):
+        """The weights as one flat vector in fusedrnn's layout (as the layers' ``flat_weights``)."""
+        return self._core.flat_weights
+
+    @flat_weights.setter
+    def flat_weights(self, value) -> None:
+        self._core.flat_weights = value
+
+    def _weight(self, i):
+        weights = self.get_weights()
+        return weights[i] if i < len(weights) else None
+
+    kernel = property(lambda self: self._weight(0), doc="A copy of the kernel (C, G*units).")
+    recurrent_kernel = property(lambda self: self._weight(1),
+                                doc="A copy of the recurrent kernel (units, G*units).")
+    bias = property(lambda self: self._weight(2) if self.use_bias else None,
+                    doc="A copy of the bias (None without use_bias).")
+
+    # ----- a step -------------------------------------------------------------------------------
+
+    def get_initial_state(self, batch_size=None) -> list:
+        """Zeros: ``[h, c]`` (LSTMCell) or ``[h]``, each (batch_size, units), of the cell's dtype."""
+        N = chk.size("batch_size", batch_size, 0)
+        return [np.zeros((N, self.units), self.dtype) for _ in range(self._core._N_STATES)]
+
+    def reset_dropout_mask(self) -> None:
+        """Forgets the cached dropout masks (the next training step draws new ones), as Keras."""
+        self._mask_seed = None
+
+    def reset_recurrent_dropout_mask(self) -> None:
+        self._mask_seed = None
+
+    def _step_args(self, inputs, states):
+        core, cls = self._core, type(self).__name__
+        x = np.asarray(inputs)
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise TypeError(f"inputs: expected a float array (N, C), got dtype {x.dtype}")
+        if x.ndim != 2 or x.shape[1] < 1:
+            raise ValueError(f"inputs: expected a 2-D array (N, C) (one time step), got shape "
+                             f"{x.shape}")
+        x = x.astype(core.dtype, copy=False)
+        if not core.built:
+            self.build(x.shape)
+        elif x.shape[1] != core.input_dim:
+            raise ValueError(f"inputs: {cls} {self.name!r} was built for {core.input_dim} features, "
+                             f"got shape {x.shape}")
+        nested = isinstance(states, (list, tuple))
+        init = core._check_states("states", list(states) if nested else [states], x.shape[0])
+        return x, init, nested
+
+    def _step_dropout_kw(self, training) -> dict:
+        core = self._core
+        if not training or (core.dropout == 0.0 and core.recurrent_dropout == 0.0):
+            return {}
+        if self._mask_seed is None:  # the kernel's masks are a function of the seed: one mask set
+            self._mask_seed = core._dropout_kw(True)["seed"]
+        return dict(dropout=core.dropout, recurrent_dropout=core.recurrent_dropout,
+                    seed=self._mask_seed)
+
+    def _step(self, x, init, training, keep):
+        core = self._core
+        lstm = core._KIND == "lstm"
+        return functional.forward(
+            x[:, None], core._flat, mode=core._mode, hidden_size=core.units, batch_first=True,
+            h0=init[0][None], c0=init[1][None] if lstm else None, training=training or keep,
+            **core._cell_kw(), **self._step_dropout_kw(training))
+
+    def _step_result(self, res, nested):
+        y = res.y[:, 0]
+        if self._core._KIND == "lstm":
+            return y, [res.hN[0], res.cN[0]]
+        return y, ([res.hN[0]] if nested else res.hN[0])
+
+    def __call__(self, inputs, states, training=False):
+        """One step (builds the cell on the first call): see ``call``."""
+        return self.call(inputs, states, training=training)
+
+    def call(self, inputs, states, training=False):
+        """One time step on the fused core (T = 1), as Keras's cell: ``inputs`` (N, C), ``states``
+        ``[h, c]`` (LSTMCell) or ``[h]`` / ``h``. Returns ``(output, new_states)``: ``(h, [h, c])``
+        for LSTMCell, ``(h, [h])`` (or ``(h, h)`` when ``states`` was an array) otherwise.
+        ``training`` applies dropout with masks cached across steps until ``reset_dropout_mask``
+        (RNN resets them around every call), as Keras."""
+        training = False if training is None else chk.flag("training", training)
+        x, init, nested = self._step_args(inputs, states)
+        return self._step_result(self._step(x, init, training, keep=False), nested)
+
+    def vjp(self, inputs, states, training=False):
+        """``call`` plus its pullback: returns ``(output, new_states, pullback)``, where
+        ``pullback(d_output, d_new_states)`` returns ``(d_inputs, d_states, d_weights)`` (d_states
+        like ``states``, d_weights a Keras list like ``get_weights()``; None gradients are zeros).
+        This is the protocol RNN uses to differentiate a Python loop over time."""
+        training = False if training is None else chk.flag("training", training)
+        core, lstm = self._core, self._core._KIND == "lstm"
+        x, init, nested = self._step_args(inputs, states)
+        res = self._step(x, init, training, keep=True)
+        output, new_states = self._step_result(res, nested)
+        N, U = x.shape[0], core.units
+
+        def pullback(d_output, d_new_states):
+            dy = None if d_output is None else \
+                core._grad_array("d_output", d_output, (N, U))[:, None]
+            ds = d_new_states
+            if ds is not None and not isinstance(ds, (list, tuple)):
+                ds = [ds]
+            if ds is not None and len(ds) != core._N_STATES:
+                raise ValueError(f"d_new_states: expected {core._N_STATES} arrays (N, units), got "
+                                 f"{len(ds)}")
+            dhN = dcN = None
+            if ds is not None and ds[0] is not None:
+                dhN = core._grad_array("d_new_states[0]", ds[0], (N, U))[None]
+            if lstm and ds is not None and ds[1] is not None:
+                dcN = core._grad_array("d_new_states[1]", ds[1], (N, U))[None]
+            g = functional.backward(res.ctx, dy=dy, dhN=dhN, dcN=dcN)
+            if lstm:
+                d_states = [g.dh0[0], g.dc0[0]]
+            else:
+                d_states = [g.dh0[0]] if nested else g.dh0[0]
+            return g.dx[:, 0], d_states, core._keras_grads(core._clean_flat_grad(g.dw))
+
+        return output, new_states, pullback
+
+
+class LSTMCell(_Cell):
+    """The cell of ``LSTM``, as ``keras.layers.LSTMCell`` (Keras 3): ``state_size`` [units, units],
+    ``output_size`` units, states ``[h, c]``. Weights, initializers and options as ``LSTM`` (see
+    the module docstring and ``RNN``)."""
+
+    _LAYER = LSTM
+    _NAME = "lstm_cell"
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", unit_forget_bias=True, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, dtype=None, name=None, **kwargs):
+        self._setup(units, dict(
+            activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
+            kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer, unit_forget_bias=unit_forget_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, seed=seed, dtype=dtype, name=name), kwargs)
+
+    recurrent_activation = _option("recurrent_activation")
+    unit_forget_bias = _option("unit_forget_bias")
+
+    @property
+    def state_size(self) -> list:
+        return [self.units, self.units]
+
+
+class GRUCell(_Cell):
+    """The cell of ``GRU``, as ``keras.layers.GRUCell`` (Keras 3): ``state_size`` units, state
+    ``[h]`` (or ``h``), ``reset_after`` as GRU."""
+
+    _LAYER = GRU
+    _NAME = "gru_cell"
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, reset_after=True,
+                 seed=None, dtype=None, name=None, **kwargs):
+        self._setup(units, dict(
+            activation=activation, recurrent_activation=recurrent_activation, use_bias=use_bias,
+            kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+            bias_initializer=bias_initializer, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, reset_after=reset_after, seed=seed, dtype=dtype,
+            name=name), kwargs)
+
+    recurrent_activation = _option("recurrent_activation")
+    reset_after = _option("reset_after")
+
+
+class SimpleRNNCell(_Cell):
+    """The cell of ``SimpleRNN``, as ``keras.layers.SimpleRNNCell`` (Keras 3): ``state_size``
+    units, state ``[h]`` (or ``h``)."""
+
+    _LAYER = SimpleRNN
+    _NAME = "simple_rnn_cell"
+
+    def __init__(self, units, activation="tanh", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, seed=None,
+                 dtype=None, name=None, **kwargs):
+        self._setup(units, dict(
+            activation=activation, use_bias=use_bias, kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+            dropout=dropout, recurrent_dropout=recurrent_dropout, seed=seed, dtype=dtype,
+            name=name), kwargs)
+
+
+# ----- StackedRNNCells ----------------------------------------------------------------------------
+
+
+class StackedRNNCells:
+    """A stack of cells that behaves as one cell, as ``keras.layers.StackedRNNCells`` (Keras 3):
+    ``state_size`` is the list of the cells' state sizes, states are one entry per cell (each in its
+    cell's form: ``[h, c]``, ``[h]`` or ``h``), and ``call`` runs the cells in order, each one's
+    output being the next one's input. The cells may be built-in cells or any Keras-protocol cells.
+    ``vjp`` chains the cells' ``vjp`` (when all have one). An ``RNN`` of a stack of built-in cells
+    runs each cell's whole sequence as one fused call."""
+
+    def __init__(self, cells, name=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"StackedRNNCells: unexpected keyword argument {next(iter(kwargs))!r}")
+        if isinstance(cells, (str, bytes)) or not isinstance(cells, Sequence):
+            raise TypeError(f"cells: expected a list of RNN cells, got {type(cells).__name__}")
+        cells = list(cells)
+        if not cells:
+            raise ValueError("cells: expected at least one cell, got an empty list")
+        for i, cell in enumerate(cells):
+            _check_cell(f"cells[{i}]", cell)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name: expected a string or None, got {name!r}")
+        self.cells = cells
+        self.name = name if name is not None else "stacked_rnn_cells"
+
+    def __repr__(self) -> str:
+        return f"StackedRNNCells({self.cells!r})"
+
+    @property
+    def state_size(self) -> list:
+        return [c.state_size for c in self.cells]
+
+    @property
+    def output_size(self):
+        return _output_size(self.cells[-1])
+
+    def get_initial_state(self, batch_size=None) -> list:
+        """One entry per cell: the cell's get_initial_state, or zeros from its state_size (float32;
+        an RNN makes them in its input's dtype)."""
+        N = chk.size("batch_size", batch_size, 0)
+        return [_cell_initial_state(c, N, np.float32) for c in self.cells]
+
+    @property
+    def built(self) -> bool:
+        return all(getattr(c, "built", True) for c in self.cells)
+
+    def build(self, input_shape) -> None:
+        """Builds each cell in turn, the next one for (batch, output_size of the previous)."""
+        for cell in self.cells:
+            _build_cell(cell, input_shape)
+            out = _output_size(cell)
+            if not isinstance(out, numbers.Integral):
+                break  # nested outputs: the later cells build on their first call, if they can
+            batch = input_shape
+            while isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], (list, tuple)):
+                batch = batch[0]
+            input_shape = (batch[0] if isinstance(batch, (list, tuple)) and batch else None,
+                           int(out))
+
+    def get_weights(self) -> list:
+        weights = []
+        for cell in self.cells:
+            fn = getattr(cell, "get_weights", None)
+            if callable(fn):
+                weights += list(fn())
+        return weights
+
+    def set_weights(self, weights) -> None:
+        """The cells' lists one after the other (as ``get_weights``)."""
+        if isinstance(weights, (str, bytes, np.ndarray)) or not isinstance(weights, Sequence):
+            raise TypeError(f"weights: expected a list of arrays as get_weights() returns, got "
+                            f"{type(weights).__name__}")
+        weights, start = list(weights), 0
+        for cell in self.cells:
+            n = _n_weights(cell)
+            if n:
+                cell.set_weights(weights[start:start + n])
+            start += n
+        if start != len(weights):
+            raise ValueError(f"weights: the cells take {start} arrays, got {len(weights)}")
+
+    def count_params(self) -> int:
+        return int(sum(np.asarray(w).size for w in self.get_weights()))
+
+    def reset_dropout_mask(self) -> None:
+        for cell in self.cells:
+            _reset_dropout(cell)
+
+    def reset_recurrent_dropout_mask(self) -> None:
+        self.reset_dropout_mask()
+
+    def _check_states(self, states) -> list:
+        n = len(self.cells)
+        if not isinstance(states, (list, tuple)) or len(states) != n:
+            raise ValueError(f"states: expected a list of {n} entries (one per cell), got "
+                             f"{_describe(states)}")
+        return list(states)
+
+    def __call__(self, inputs, states, training=False):
+        return self.call(inputs, states, training=training)
+
+    def call(self, inputs, states, training=False):
+        """Runs the cells in order (Keras's StackedRNNCells.call): returns ``(output of the last
+        cell, [new states of each cell])``; a cell given a bare array state gets it back bare."""
+        new_states = []
+        for i, (cell, s) in enumerate(zip(self.cells, self._check_states(states))):
+            is_list = isinstance(s, (list, tuple))
+            inputs, ns = _run_step(_step_fn(cell), inputs, list(s) if is_list else [s], training,
+                                   f"cells[{i}]")
+            ns = ns if isinstance(ns, (list, tuple)) else [ns]
+            new_states.append(ns[0] if len(ns) == 1 and not is_list else ns)
+        return inputs, new_states
+
+    def vjp(self, inputs, states, training=False):
+        """``call`` plus its pullback, chaining the cells' ``vjp`` (see ``RNN``); d_weights is the
+        cells' lists one after the other (zeros for cells whose pullback gives none)."""
+        missing = [i for i, c in enumerate(self.cells) if not _has_vjp(c)]
+        if missing:
+            raise NotImplementedError(f"StackedRNNCells.vjp: cells {missing} have no vjp")
+        steps, new_states = [], []
+        for i, (cell, s) in enumerate(zip(self.cells, self._check_states(states))):
+            is_list = isinstance(s, (list, tuple))
+            inputs, ns, pullback = _run_vjp(cell, inputs, list(s) if is_list else [s], training,
+                                            f"cells[{i}]")
+            bare = not isinstance(ns, (list, tuple))
+            ns_list = [ns] if bare else ns
+            unwrap = len(ns_list) == 1 and not is_list
+            new_states.append(ns_list[0] if unwrap else ns_list)
+            steps.append((cell, pullback, is_list, bare, unwrap))
+
+        def pullback(d_output, d_new_states):
+            n = len(steps)
+            if d_new_states is not None and (not isinstance(d_new_states, (list, tuple)) or
+                                             len(d_new_states) != n):
+                raise ValueError(f"d_new_states: expected a list of {n} entries (one per cell), "
+                                 f"got {_describe(d_new_states)}")
+            d, d_states, d_weights = d_output, [None] * n, [None] * n
+            for i in reversed(range(n)):
+                cell, pb, is_list, bare, unwrap = steps[i]
+                ds = None if d_new_states is None else d_new_states[i]
+                if ds is not None:  # back to the structure the cell returned
+                    if bare and not unwrap:
+                        ds = ds[0]
+                    elif unwrap and not bare:
+                        ds = [ds]
+                d, dsi, dw = _unpack_pullback(pb(d, ds), f"cells[{i}].vjp")
+                d_states[i] = dsi[0] if (not is_list and isinstance(dsi, (list, tuple))) else dsi
+                d_weights[i] = list(dw) if dw is not None else _zero_weight_grads(cell)
+            return d, d_states, [w for dw in d_weights for w in dw]
+
+        return inputs, new_states, pullback
+
+
+# ----- RNN --------------------------------------------------------------------------------------
+
+
+class _LoopRecord:
+    """What RNN.backward needs from a training call of the Python loop."""
+
+    __slots__ = ("N", "T", "cell_name", "final_tmpl", "go_backwards", "had_initial_state",
+                 "out_tmpl", "state_tmpl", "tapes", "x_tmpl")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class RNN:
+    """Keras 3's generic recurrent layer (``keras.layers.RNN``) on NumPy arrays, with an explicit
+    ``backward``::
+
+        rnn = fusedrnn.RNN(fusedrnn.LSTMCell(16), return_sequences=True)      # one fused call
+        rnn = fusedrnn.RNN([fusedrnn.GRUCell(16), fusedrnn.LSTMCell(8)])       # one per cell
+        rnn = fusedrnn.RNN(MyCell(16))                                         # a Python loop
+
+    ``cell``: a built-in cell (``LSTMCell``, ``GRUCell``, ``SimpleRNNCell``), a ``StackedRNNCells``
+    (or a list of cells, stacked as Keras does), or any object following Keras's cell protocol: a
+    ``state_size`` (an int, or a list/tuple with one entry per state) and ``call(inputs, states)``
+    (with ``training=`` if it takes one; a callable cell is called itself, as a Keras Layer) returning
+    ``(output, new_states)``; optional ``get_initial_state(batch_size)``, ``build(step_shape)``,
+    ``get_weights`` / ``set_weights``, ``output_size``.
+
+    How it runs:
+
+    - A built-in cell, or a stack of built-in cells (any kinds): the whole sequence runs fused,
+      ONE call of the core per cell, through an ``LSTM`` / ``GRU`` / ``SimpleRNN`` layer that
+      shares the cell's weights (so masks, ``go_backwards``, ``stateful``, ``initial_state``,
+      ``training`` and dropout are exactly the layers'; with ``go_backwards`` the first cell reads the
+      sequence reversed and the later ones its output, in processed order, as Keras's loop does).
+    - Any other cell (or a stack containing one): a Python loop over time with Keras's semantics,
+      arrays in and out (what the cell returns is converted with ``np.asarray``). Inputs may be one
+      array (N, T, ...) or a nested structure (lists, tuples, dicts) of such arrays, states and
+      outputs nested structures too; each step gets ``inputs[:, t]`` mapped over the structure.
+      Masks (N, T): at a masked step the cell still runs, but the states are kept and the output
+      is zeros with ``zero_output_for_mask``, else the previous output as Keras's default (scan)
+      loop takes it from the carried states: ``states[0]``, or for stacks the last cell's first
+      state (Keras: ``states[-1][0]``), whichever is an array shaped like the output; when none is
+      (nested outputs, outputs unlike the states), the previous output itself (zeros before the
+      first step). Built-in cells inside such a loop run one fused step (T = 1) each, with their
+      dropout masks fixed for the call (Keras's cached masks).
+
+    Call: ``rnn(inputs, initial_state=None, mask=None, training=None)``. Returns Keras's structure:
+    the output ((N, T, ...) with return_sequences, else the last output), and with return_state
+    ``(output, *states)`` (stacks: one entry per cell). ``initial_state``: a list like
+    ``get_initial_state`` (a stack: one entry per cell, ``[h, c]``, ``[h]`` or ``h``).
+
+    Backward: ``rnn.backward(d_output=None, d_states=None)`` differentiates the last call with
+    ``training=True`` and returns dx (in the structure of the inputs), or ``(dx, d_initial_state)``
+    when that call had an ``initial_state``; ``rnn.grads`` is the weight gradient as a list like
+    ``get_weights()``. Built-in cells: the layers' backward (each cell also gets ``grads`` and
+    ``flat_grad``). Other cells: possible only if the cell provides ``vjp(inputs, states,
+    training=False)`` returning ``(output, new_states, pullback)``, with ``pullback(d_output,
+    d_new_states)`` returning ``(d_inputs, d_states)`` or ``(d_inputs, d_states, d_weights)``
+    (gradients in the structures of the corresponding values; RNN passes arrays, zeros where no
+    gradient flows, and sums d_weights over time into ``rnn.grads``). The training call then runs the
+    steps through ``vjp``. Built-in cells and ``StackedRNNCells`` (of cells with a vjp) have one.
+    Without it, ``backward`` raises NotImplementedError.
+
+    Differences from Keras: ``unroll`` is recorded but every path follows Keras's default (scan)
+    loop (its unrolled path outputs zeros at a masked first step); where that loop cannot take the
+    previous output from the states (nested outputs, or an output unlike the first state) the
+    previous output itself is used (zeros before the first step), as in Keras's unrolled loop; nested
+    inputs work (Keras 3's RNN layer refuses them); a stack of one cell works (Keras unwraps its
+    states and fails); with masks over a stack whose states are bare arrays (``h`` instead of
+    ``[h]``) Keras takes the previous output from the wrong array (``states[0]``: the first cell's
+    state; ``states[-1][0]``: one row of the last cell's), this takes the last cell's state;
+    dropout is the layers' (one variational mask pair per sequence, see the module docstring);
+    the cell (and a stack's list of cells) and its options are read when the RNN is made (its
+    weights at every call).
+    """
+
+    def __init__(self, cell, return_sequences=False, return_state=False, go_backwards=False,
+                 stateful=False, unroll=False, zero_output_for_mask=False, name=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"RNN: unexpected keyword argument {next(iter(kwargs))!r}")
+        if isinstance(cell, (list, tuple)):
+            cell = StackedRNNCells(cell)
+        _check_cell("cell", cell)
+        self.cell = cell
+        self.return_sequences = chk.flag("return_sequences", return_sequences)
+        self.return_state = chk.flag("return_state", return_state)
+        self.go_backwards = chk.flag("go_backwards", go_backwards)
+        self.stateful = chk.flag("stateful", stateful)
+        self.unroll = chk.flag("unroll", unroll)
+        self.zero_output_for_mask = chk.flag("zero_output_for_mask", zero_output_for_mask)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name: expected a string or None, got {name!r}")
+        self.name = name if name is not None else "rnn"
+        self._stacked = isinstance(cell, StackedRNNCells)
+        self._fused = self._fusable_cells(cell)
+        self._layers = None if self._fused is None else self._make_layers(self._fused)
+        self._states = None  # the loop's carried states (stateful)
+        self._batch_size = None
+        self._dtype = None
+        self._cell_built = False
+        self._record = None
+        self.grads = None
+
+    def __repr__(self) -> str:
+        path = "fused" if self._fused is not None else "loop"
+        return f"RNN({self.cell!r}, name={self.name!r}, {path})"
+
+    @staticmethod
+    def _fusable_cells(cell):
+        if _is_builtin_cell(cell):
+            return [cell]
+        if isinstance(cell, StackedRNNCells) and type(cell).call is StackedRNNCells.call and \
+                all(_is_builtin_cell(c) for c in cell.cells):
+            return list(cell.cells)
+        return None
+
+    def _make_layers(self, cells) -> list:
+        n, layers = len(cells), []
+        for i, cell in enumerate(cells):
+            config = dict(cell._core.get_config(),
+                          return_sequences=self.return_sequences or i < n - 1, return_state=True,
+                          go_backwards=self.go_backwards and i == 0, stateful=self.stateful,
+                          unroll=self.unroll, zero_output_for_mask=self.zero_output_for_mask,
+                          name=f"{self.name}/{cell.name}")
+            layers.append(type(cell._core).from_config(config))
+        return layers
+
+    @property
+    def state_size(self) -> list:
+        size = self.cell.state_size
+        return list(size) if isinstance(size, (list, tuple)) else [size]
+
+    # ----- weights ------------------------------------------------------------------------------
+
+    def build(self, input_shape) -> None:
+        """Builds the cell for sequences of shape ``(N, T, C)`` (or a nested structure of shapes
+        for a user cell that takes nested inputs); a built cell is left as it is."""
+        if self._fused is not None:
+            if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence) or \
+                    len(input_shape) != 3:
+                raise ValueError(f"input_shape: expected (N, T, C) (N and T may be None), got "
+                                 f"{input_shape!r}")
+            self._build_fused(chk.size("input_shape[-1]", input_shape[-1]))
+            return
+
+        def is_shape(s):
+            return isinstance(s, (list, tuple)) and all(
+                e is None or isinstance(e, numbers.Integral) for e in s)
+
+        def step(s):
+            if is_shape(s):
+                if len(s) < 3:
+                    raise ValueError(f"input_shape: expected (N, T, ...) shapes, got {s!r}")
+                return (s[0],) + tuple(s[2:])
+            if isinstance(s, dict):
+                return {k: step(v) for k, v in s.items()}
+            if isinstance(s, (list, tuple)):
+                return _rebuild(s, [step(v) for v in s])
+            raise ValueError(f"input_shape: expected (N, T, ...) shapes, got {s!r}")
+
+        self._build_loop_cell(step(input_shape))
+
+    def _build_fused(self, C) -> None:
+        for i, cell in enumerate(self._fused):
+            if not cell.built:
+                cell.build((None, C))
+            elif cell.input_dim != C:
+                what = "inputs" if i == 0 else "cell"
+                raise ValueError(f"{what}: {type(cell).__name__} {cell.name!r} (cell {i}) was built "
+                                 f"for {cell.input_dim} input features, but receives {C}")
+            C = cell.units
+
+    def _build_loop_cell(self, step_shape) -> None:
+        if not self._cell_built:
+            _build_cell(self.cell, step_shape)
+            self._cell_built = True
+
+    @property
+    def built(self) -> bool:
+        return bool(getattr(self.cell, "built", self._cell_built))
+
+    def get_weights(self) -> list:
+        """The cell's weights (a stack's cells one after the other), as Keras's RNN."""
+        fn = getattr(self.cell, "get_weights", None)
+        return list(fn()) if callable(fn) else []
+
+    def set_weights(self, weights) -> None:
+        fn = getattr(self.cell, "set_weights", None)
+        if not callable(fn):
+            raise TypeError(f"set_weights: the cell {type(self.cell).__name__} has no set_weights")
+        fn(weights)
+
+    def count_params(self) -> int:
+        if not self.built:
+            raise ValueError(f"count_params: RNN {self.name!r} is not built yet; call it or "
+                             "build(input_shape) first")
+        return int(sum(np.asarray(w).size for w in self.get_weights()))
+
+    # ----- states -------------------------------------------------------------------------------
+
+    def get_initial_state(self, batch_size) -> list:
+        """The states a call starts from without initial_state (as Keras's RNN): a list."""
+        N = chk.size("batch_size", batch_size, 0)
+        return self._initial_state(N, self._dtype or np.float32)
+
+    def _initial_state(self, N, dtype) -> list:
+        states = _cell_initial_state(self.cell, N, dtype)
+        return list(states) if isinstance(states, (list, tuple)) else [states]
+
+    @property
+    def states(self):
+        """The carried states of a stateful RNN (copies, structured as the returned states); None
+        when not stateful or before the first call."""
+        if not self.stateful:
+            return None
+        if self._fused is not None:
+            states = [layer.states for layer in self._layers]
+            if any(s is None for s in states):
+                return None
+            return states if self._stacked else states[0]
+        return None if self._states is None else _tree_map(np.copy, self._states)
+
+    def reset_states(self, states=None) -> None:
+        """Stateful RNNs: the carried states to zeros (the cell's initial state), or to ``states``
+        (structured as ``initial_state``). An RNN that is not stateful ignores a reset to zeros and
+        refuses states (as the layers)."""
+        if not self.stateful:
+            if states is not None:
+                raise ValueError(f"states: RNN {self.name!r} is not stateful")
+            return
+        if self._fused is not None:
+            if states is None:
+                for layer in self._layers:
+                    layer.reset_states()
+            elif not self._stacked:
+                self._layers[0].reset_states(states)
+            else:
+                inits, _ = self._fused_initial_state(states, "states")
+                for layer, s in zip(self._layers, inits):
+                    layer.reset_states(s)
+            return
+        if states is None:
+            if self._batch_size is not None:
+                self._states = self._initial_state(self._batch_size, self._dtype)
+            return
+        states = list(states) if isinstance(states, (list, tuple)) else [states]
+        states = _tree_map(lambda a: _float_leaf("states", a).copy(), states, where="states")
+        leaves = _leaves(states)
+        self._states, self._batch_size = states, (leaves[0].shape[0] if leaves else None)
+
+    def reset_state(self) -> None:
+        """Keras 3's name: ``reset_states()``."""
+        self.reset_states()
+
+    # ----- forward ------------------------------------------------------------------------------
+
+    def __call__(self, inputs, initial_state=None, mask=None, training=None):
+        """Runs the RNN over ``inputs``: see the class docstring."""
+        training = False if training is None else chk.flag("training", training)
+        if self._fused is not None:
+            return self._call_fused(inputs, initial_state, mask, training)
+        return self._call_loop(inputs, initial_state, mask, training)
+
+    def _fused_initial_state(self, initial_state, argname="initial_state"):
+        """Per-cell state lists, and per cell whether its entry was a list (Keras returns the new
+        states in the same form)."""
+        n = len(self._fused)
+        if initial_state is None:
+            return None, [True] * n
+        if not self._stacked:
+            st = initial_state
+            return [list(st) if isinstance(st, (list, tuple)) else [st]], [True]
+        if not isinstance(initial_state, (list, tuple)) or len(initial_state) != n:
+            raise ValueError(f"{argname}: the stack has {n} cells: expected a list of {n} entries, "
+                             f"one per cell ([h, c] for an LSTMCell, h or [h] otherwise), got "
+                             f"{_describe(initial_state)}")
+        inits, forms = [], []
+        for i, (cell, s) in enumerate(zip(self._fused, initial_state)):
+            is_list = isinstance(s, (list, tuple))
+            s = list(s) if is_list else [s]
+            if len(s) != cell._core._N_STATES:
+                raise ValueError(f"{argname}[{i}]: {type(cell).__name__} has "
+                                 f"{cell._core._N_STATES} state(s), got {len(s)} arrays")
+            inits.append(s)
+            forms.append(is_list)
+        return inits, forms
+
+    def _call_fused(self, inputs, initial_state, mask, training):
+        layers, cells = self._layers, self._fused
+        if _is_nested(inputs):
+            raise TypeError(f"inputs: {type(cells[0]).__name__} takes one array (N, T, C), got "
+                            f"{_describe(inputs)}")
+        x = layers[0]._check_inputs(inputs)
+        self._build_fused(x.shape[-1])
+        inits, forms = self._fused_initial_state(initial_state)
+        later_mask = mask
+        if mask is not None and self.go_backwards and len(layers) > 1:
+            # the later cells read the first one's output, in processed (reversed) order
+            m = layers[0]._check_mask(mask, x.shape[0], x.shape[1])
+            later_mask = np.ascontiguousarray(m[:, ::-1])
+        h, per_cell = x, []
+        for i, (layer, cell) in enumerate(zip(layers, cells)):
+            layer._flat, layer.input_dim = cell._core._flat, cell._core.input_dim  # shared weights
+            out = layer(h, initial_state=None if inits is None else inits[i],
+                        mask=mask if i == 0 else later_mask, training=training)
+            h, states = out[0], list(out[1:])
+            per_cell.append(states)
+        if training:
+            self._record = ("fused", inits is not None, forms)
+        if not self.return_state:
+            return h
+        if not self._stacked:
+            return (h, *per_cell[0])
+        return (h, *[st if forms[i] else st[0] for i, st in enumerate(per_cell)])
+
+    def _check_loop_mask(self, mask, N, T):
+        if mask is None:
+            return None
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
+                raise TypeError(f"mask: expected bools (N, T), got dtype {m.dtype}")
+            m = m != 0
+        chk.shape("mask", m, (N, T), "(N, T)")
+        return m
+
+    def _call_loop(self, inputs, initial_state, mask, training):
+        cell, cname = self.cell, type(self.cell).__name__
+        x = _tree_map(lambda a: _float_leaf("inputs", a), inputs, where="inputs")
+        leaves = _leaves(x)
+        if not leaves:
+            raise ValueError("inputs: expected an array (N, T, ...) or a structure of them, got an "
+                             "empty structure")
+        for a in leaves:
+            if a.ndim < 3:
+                raise ValueError(f"inputs: expected arrays (N, T, features...), got shape {a.shape}")
+        N, T = leaves[0].shape[:2]
+        for a in leaves:
+            if a.shape[:2] != (N, T):
+                raise ValueError(f"inputs: all arrays must share (N, T) = {(N, T)}, got shape "
+                                 f"{a.shape}")
+        if T < 1:
+            raise ValueError(f"inputs: expected at least one time step, got shape {leaves[0].shape}")
+        dtype = leaves[0].dtype
+        m = self._check_loop_mask(mask, N, T)
+        self._build_loop_cell(_tree_map(lambda a: (a.shape[0],) + a.shape[2:], x))
+        if self.stateful and self._batch_size is not None and N != self._batch_size:
+            raise ValueError(f"inputs: a stateful RNN keeps the batch size of its states "
+                             f"({self._batch_size}), got batch size {N}")
+        had_initial_state = initial_state is not None
+        if had_initial_state:
+            states = initial_state if isinstance(initial_state, (list, tuple)) else [initial_state]
+            states = _tree_map(lambda a: _float_leaf("initial_state", a), list(states),
+                               where="initial_state")
+            for a in _leaves(states):
+                if a.ndim < 1 or a.shape[0] != N:
+                    raise ValueError(f"initial_state: expected arrays with batch size {N}, got "
+                                     f"shape {a.shape}")
+        elif self.stateful and self._states is not None:
+            states = self._states
+        else:
+            states = self._initial_state(N, dtype)
+        self._dtype = dtype
+
+        use_vjp = record = training and _has_vjp(cell)
+        fn = cell.vjp if use_vjp else _step_fn(cell)
+        what = f"{cname}.vjp" if use_vjp else f"{cname}.call"
+        kw_training = _accepts(fn, "training")
+        order = range(T - 1, -1, -1) if self.go_backwards else range(T)
+        state_tmpl = _tree_map(np.zeros_like, states) if record else None
+        tapes, outs, prev_out, out_tmpl = [], [], None, None
+        _reset_dropout(cell)  # new dropout masks for this call
+        try:
+            for t in order:
+                xt = _tree_map(lambda a, t=t: a[:, t], x)
+                result = fn(xt, states, training=training) if kw_training else fn(xt, states)
+                n_out = 3 if use_vjp else 2
+                if not isinstance(result, (tuple, list)) or len(result) != n_out:
+                    want = "(output, new_states, pullback)" if use_vjp else "(output, new_states)"
+                    raise TypeError(f"{what}: expected {want}, got {_describe(result)}")
+                out = _tree_map(np.asarray, result[0])
+                wrapped = not isinstance(result[1], (list, tuple))
+                new = _tree_map(np.asarray, [result[1]] if wrapped else result[1])
+                keep = None if m is None else m[:, t]
+                if keep is not None and keep.all():
+                    keep = None
+                rule = None
+                if keep is not None:
+                    def kb(a, keep=keep):
+                        return keep.reshape((N,) + (1,) * (a.ndim - 1))
+                    new = _tree_map(lambda n_, s_: np.where(kb(n_), n_, s_), new, states,
+                                    where=f"{what}: new_states (against states)")
+                    if self.zero_output_for_mask:
+                        out = _tree_map(lambda o: np.where(kb(o), o, np.zeros_like(o)), out)
+                        rule = ("zero",)
+                    else:
+                        path = None if _is_nested(out) else next(
+                            (p for p in _prev_output_paths(states)
+                             if np.shape(_get_at(states, p)) == out.shape), None)
+                        if path is not None:
+                            out = np.where(kb(out), out, _get_at(states, path))
+                            rule = ("state", path)
+                        else:
+                            prev = prev_out if prev_out is not None else \
+                                _tree_map(np.zeros_like, out)
+                            out = _tree_map(lambda o, p: np.where(kb(o), o, p), out, prev,
+                                            where=f"{what}: output (against the previous output)")
+                            rule = ("prev",)
+                if record:
+                    tapes.append((result[2], keep, rule, wrapped))
+                    if out_tmpl is None:
+                        out_tmpl = _tree_map(np.zeros_like, out)
+                states, prev_out = new, out
+                if self.return_sequences:
+                    outs.append(out)
+        finally:
+            _reset_dropout(cell)
+        output = _tree_map(lambda *o: np.stack(o, axis=1), *outs) if self.return_sequences \
+            else prev_out
+        if self.stateful:
+            self._states, self._batch_size = _tree_map(np.copy, states), N
+        if training:
+            if record:
+                self._record = ("loop", _LoopRecord(
+                    tapes=tapes, N=N, T=T, had_initial_state=had_initial_state,
+                    go_backwards=self.go_backwards,
+                    x_tmpl=_tree_map(lambda a: np.zeros(a.shape[:1] + a.shape[2:], a.dtype), x),
+                    state_tmpl=state_tmpl, out_tmpl=out_tmpl,
+                    final_tmpl=_tree_map(np.zeros_like, states), cell_name=cname))
+            else:
+                self._record = ("no-vjp", cname)
+        if self.return_state:
+            return (output, *states)
+        return output
+
+    # ----- backward -----------------------------------------------------------------------------
+
+    def backward(self, d_output=None, d_states=None):
+        """Differentiates the last call with ``training=True``: see the class docstring. d_output:
+        the gradient of the output (its structure and shape; None means zero). d_states: gradients
+        of the returned states (a list like them; entries may be None). Returns dx, or
+        ``(dx, d_initial_state)`` when that call had an initial_state. Sets ``grads``."""
+        if self._record is None:
+            raise RuntimeError("RNN.backward: no training forward to differentiate; call the RNN "
+                               "with training=True first")
+        kind = self._record[0]
+        if kind == "no-vjp":
+            raise NotImplementedError(
+                f"RNN.backward: the cell {self._record[1]} has no vjp(inputs, states, "
+                "training=False) method, so its Python loop over time cannot be differentiated; "
+                "give the cell a vjp returning (output, new_states, pullback) (see RNN's "
+                "docstring), or use LSTMCell, GRUCell or SimpleRNNCell")
+        if kind == "fused":
+            return self._backward_fused(d_output, d_states)
+        return self._backward_loop(d_output, d_states)
+
+    def _backward_fused(self, d_output, d_states):
+        _, had_initial_state, forms = self._record
+        layers, n = self._layers, len(self._layers)
+        if d_states is None:
+            per_cell = [None] * n
+        elif not self._stacked:
+            per_cell = [d_states]
+        else:
+            if not isinstance(d_states, (list, tuple)) or len(d_states) != n:
+                raise ValueError(f"d_states: expected a list of {n} entries (one per cell, like the "
+                                 f"returned states) or None, got {_describe(d_states)}")
+            per_cell = list(d_states)
+        d, d_init = d_output, [None] * n
+        for i in reversed(range(n)):
+            result = layers[i].backward(d, per_cell[i])
+            d, d_init[i] = result if had_initial_state else (result, None)
+        grads = []
+        for layer, cell in zip(layers, self._fused):
+            cell.grads, cell.flat_grad = layer.grads, layer.flat_grad
+            grads += layer.grads
+        self.grads = grads
+        if not had_initial_state:
+            return d
+        if not self._stacked:
+            return d, d_init[0]
+        return d, [di if forms[i] else di[0] for i, di in enumerate(d_init)]
+
+    def _backward_loop(self, d_output, d_states):
+        rec = self._record[1]
+        N, T = rec.N, rec.T
+        what = f"{rec.cell_name}.vjp"
+        zeros_out = _tree_map(np.zeros_like, rec.out_tmpl)
+        if d_output is None:
+            def d_step(k):
+                return zeros_out
+        elif self.return_sequences:
+            d_seq = _fill("d_output", d_output, rec.out_tmpl,
+                          lambda t: (N, T) + t.shape[1:])
+
+            def d_step(k):
+                return _tree_map(lambda a: a[:, k], d_seq)
+        else:
+            d_last = _fill("d_output", d_output, rec.out_tmpl)
+
+            def d_step(k):
+                return d_last if k == T - 1 else zeros_out
+        ds = _fill("d_states", None if d_states is None else list(d_states)
+                   if isinstance(d_states, (list, tuple)) else d_states, rec.final_tmpl)
+        carry, dx_steps, d_weights = None, [None] * T, None
+        for k in reversed(range(T)):
+            pullback, keep, rule, wrapped = rec.tapes[k]
+            do = d_step(k)
+            if carry is not None:
+                do, carry = _tree_map(np.add, do, carry), None
+            ds_pass = d_prev = None
+            if keep is None:
+                d_out, d_new = do, ds
+            else:
+                def kb(a, keep=keep):
+                    return keep.reshape((N,) + (1,) * (a.ndim - 1))
+                d_new = _tree_map(lambda g: np.where(kb(g), g, np.zeros_like(g)), ds)
+                ds_pass = _tree_map(lambda g: np.where(kb(g), np.zeros_like(g), g), ds)
+                d_out = _tree_map(lambda g: np.where(kb(g), g, np.zeros_like(g)), do)
+                if rule[0] != "zero":
+                    d_prev = _tree_map(lambda g: np.where(kb(g), np.zeros_like(g), g), do)
+            dx_k, ds_in, dw = _unpack_pullback(pullback(d_out, d_new[0] if wrapped else d_new),
+                                               what)
+            dx_steps[k] = _fill(f"{what} pullback: d_inputs", dx_k, rec.x_tmpl)
+            ds = _fill(f"{what} pullback: d_states", ds_in, rec.state_tmpl)
+            if ds_pass is not None:
+                ds = _tree_map(np.add, ds, ds_pass)
+            if d_prev is not None:
+                if rule[0] == "state":
+                    ds = _add_at(ds, rule[1], d_prev)
+                elif k > 0:
+                    carry = d_prev  # into the previous step's output
+            if dw is not None:
+                dw = [np.asarray(w) for w in dw]
+                d_weights = dw if d_weights is None else [a + b for a, b in zip(d_weights, dw)]
+        dx = _tree_map(lambda *a: np.stack(a, axis=1), *dx_steps)
+        if rec.go_backwards:
+            dx = _tree_map(lambda a: np.ascontiguousarray(a[:, ::-1]), dx)
+        self.grads = d_weights
+        if rec.had_initial_state:
+            return dx, list(ds) if isinstance(ds, (list, tuple)) else ds
+        return dx
