@@ -939,3 +939,17 @@ def test_real_cells_round_trip_and_mismatch(tmp_path):
                                       prefix="enc_")):
             with pytest.raises(ValueError, match=r"does not match cell #0 \(FusedRNNCell prefix"):
                 ck.load_rnn_checkpoint([other, dec], tmp_path / "m", 7, format=fmt)
+
+
+def test_npz_names_that_are_savez_keywords(tmp_path):
+    # np.savez(f, **arrays) would swallow 'allow_pickle' as its flag and reject 'file'
+    arrays = {"allow_pickle": np.arange(3.0), "file": np.ones((2, 2), np.float32),
+              "arg:x": np.zeros(4, np.int64)}
+    path = ck.save_params(tmp_path / "kw.npz", arrays)
+    back = ck.load_params(path)
+    assert sorted(back) == sorted(arrays)
+    for name, arr in arrays.items():
+        assert back[name].dtype == arr.dtype
+        np.testing.assert_array_equal(back[name], arr)
+    with np.load(path, allow_pickle=False) as z:  # a plain npz for anyone else
+        np.testing.assert_array_equal(z["file"], arrays["file"])

@@ -98,3 +98,21 @@ def test_plan_reports_memory():
     assert abs(t2 - 2 * t1) <= 64 * 8
     f64 = fusedrnn.memory("gru", 8, 16, 100, 4, training=True, dtype=np.float64).reserve_bytes
     assert abs(f64 - 2 * t1) <= 64 * 8
+
+
+def test_memory_matches_the_plan_forward_uses():
+    # every option that changes the workspace is an argument of memory()
+    for kw in ({}, {"dropout": 0.5}, {"recurrent_dropout": 0.25}, {"zero_masked_output": True}):
+        m = fusedrnn.memory("lstm", 32, 64, 10, 8, num_layers=2, bidirectional=True,
+                            training=True, **kw)
+        plan = fusedrnn._C.Plan("lstm", 32, 64, 2, True, "float32", 10, 8, True, **kw)
+        assert (m.workspace_bytes, m.reserve_bytes) == (plan.workspace_bytes, plan.reserve_bytes)
+    base = fusedrnn.memory("lstm", 32, 64, 10, 8, training=True).workspace_bytes
+    assert fusedrnn.memory("lstm", 32, 64, 10, 8, training=True, dropout=0.5).workspace_bytes > base
+    x = np.zeros((10, 8, 32), np.float32)
+    w = fusedrnn.init_weights("lstm", 32, 64, 2, True)
+    ctx = fusedrnn.forward(x, w, mode="lstm", hidden_size=64, num_layers=2, bidirectional=True,
+                           training=True, dropout=0.5, seed=1).ctx
+    assert ctx.plan.workspace_bytes == fusedrnn.memory(
+        "lstm", 32, 64, 10, 8, num_layers=2, bidirectional=True, training=True,
+        dropout=0.5).workspace_bytes

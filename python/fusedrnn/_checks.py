@@ -3,6 +3,7 @@ and the received value, shape or dtype."""
 
 from __future__ import annotations
 
+import inspect
 import operator
 
 import numpy as np
@@ -79,3 +80,26 @@ def grid_view(arr: np.ndarray) -> np.ndarray:
         disjoint = N == 1 or T == 1 or st >= N * sn or sn >= T * st
         ok = rows_apart and disjoint
     return arr if ok else dense(arr)
+
+
+_SIGNATURES: dict = {}
+
+
+def accepts_keyword(fn, name: str, unknown: bool = False) -> bool:
+    """Whether calling fn with keyword ``name`` is allowed (a parameter of that name or **kwargs).
+    ``unknown`` is the answer when fn has no inspectable signature. Cached per underlying function
+    (the same for every bound method or instance of a class), so it is cheap inside step loops."""
+    if inspect.ismethod(fn):
+        key_fn = fn.__func__
+    elif inspect.isfunction(fn) or isinstance(fn, type):
+        key_fn = fn
+    else:  # a callable instance: its class's __call__ (self does not change the keyword names)
+        key_fn = type(fn).__call__
+    key = (key_fn, name, unknown)
+    if key not in _SIGNATURES:
+        try:
+            params = inspect.signature(fn).parameters.values()
+            _SIGNATURES[key] = any(p.name == name or p.kind == p.VAR_KEYWORD for p in params)
+        except (TypeError, ValueError):
+            _SIGNATURES[key] = unknown
+    return _SIGNATURES[key]

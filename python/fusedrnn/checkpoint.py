@@ -80,6 +80,7 @@ import operator
 import os
 import secrets
 import struct
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -391,8 +392,13 @@ def save_mxnet_params(path, arrays, *, np_shape=None) -> None:
 
 
 def _write_npz(f, arrays: dict) -> None:
-    """The npz writer (a separate function so that tests can make it fail part way)."""
-    np.savez(f, **arrays)
+    """The npz writer (a separate function so that tests can make it fail part way). It writes the
+    zip members itself: np.savez(f, **arrays) would take a name such as 'allow_pickle' or 'file'
+    for its own keyword argument and lose or reject that array."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, arr in arrays.items():
+            with z.open(name + ".npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
 def _atomic_write(path, write) -> str:

@@ -61,8 +61,13 @@ def memory(
     dtype=np.float32,
     training: bool = False,
     reset_after: bool = True,
+    zero_masked_output: bool = False,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
 ) -> Memory:
-    """Bytes of scratch and reserve that forward (and backward) of this shape use, known up front."""
+    """Bytes of scratch and reserve that forward (and backward) of this shape and these options
+    use, known up front (the options that change them: training, reset_after, zero_masked_output,
+    dropout, recurrent_dropout)."""
     check_mode(mode)
     dtype = np.dtype(dtype)
     if dtype not in chk.FLOAT_DTYPES:
@@ -77,6 +82,9 @@ def memory(
         chk.size("T", T, 0),
         chk.size("N", N, 0),
         chk.flag("training", training),
+        zero_masked_output=chk.flag("zero_masked_output", zero_masked_output),
+        dropout=_rate("dropout", dropout),
+        recurrent_dropout=_rate("recurrent_dropout", recurrent_dropout),
         **_cell_options(mode, None, None, reset_after),
     )
     return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))

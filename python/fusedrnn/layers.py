@@ -68,7 +68,7 @@ Differences from Keras, on purpose:
 
 from __future__ import annotations
 
-import inspect
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -229,12 +229,14 @@ def _check_initializer(argname: str, value):
                     f"dtype=None), got {value!r}")
 
 
+@functools.lru_cache(maxsize=256)
+def _pieces_of(mode: str, input_dim: int, units: int) -> dict:
+    """The flat vector's pieces of a one-layer network by (kind, part), computed once per shape."""
+    return {(p.kind, p.part): p for p in param_layout(mode, input_dim, units)}
+
+
 def _takes_dtype(fn) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == "dtype" or p.kind == p.VAR_KEYWORD for p in params)
+    return chk.accepts_keyword(fn, "dtype", unknown=True)
 
 
 def _draw(argname: str, init, shape, dtype, rng) -> np.ndarray:
@@ -454,7 +456,7 @@ class _RNN:
         self._flat = np.ascontiguousarray(value)
 
     def _pieces(self):
-        return {(p.kind, p.part): p for p in param_layout(self._mode, self.input_dim, self.units)}
+        return _pieces_of(self._mode, self.input_dim, self.units)
 
     def _bias_slice(self) -> slice:
         pieces = self._pieces()
@@ -975,7 +977,7 @@ class Bidirectional:
 
     def __call__(self, inputs, initial_state=None, mask=None, training=None):
         """As Keras's Bidirectional: see the class docstring."""
-        fw, bw = self.forward_layer, self.backward_layer
+        fw = self.forward_layer
         x = fw._check_inputs(inputs)
         training = fw._training(training)
         if not self.built or self._initial_weights is not None:
@@ -1275,11 +1277,7 @@ def _prev_output_paths(states) -> list:
 
 
 def _accepts(fn, name) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in params)
+    return chk.accepts_keyword(fn, name)
 
 
 def _step_fn(cell):

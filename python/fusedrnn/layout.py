@@ -8,6 +8,7 @@ D*H above it. Offsets come from the C++ core, the single place that computes the
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -34,7 +35,7 @@ class ParamPiece(NamedTuple):
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
 
 def check_mode(mode) -> str:

@@ -64,7 +64,6 @@ one fused call per layer (MXNet's dropout between layers is not the kernels' dro
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections.abc import Mapping
 
@@ -487,14 +486,7 @@ _SIG_CACHE: dict = {}
 
 
 def _accepts(fn, name) -> bool:
-    key = (fn, name)
-    if key not in _SIG_CACHE:
-        try:
-            params = inspect.signature(fn).parameters.values()
-            _SIG_CACHE[key] = any(p.name == name or p.kind == p.VAR_KEYWORD for p in params)
-        except (TypeError, ValueError):
-            _SIG_CACHE[key] = False
-    return _SIG_CACHE[key]
+    return chk.accepts_keyword(fn, name)
 
 
 def _call(cell, inputs, states, training):
