@@ -840,3 +840,13 @@ def test_errors():
         c = rnn.LSTMCell(H)
         c.params  # noqa: B018 - reading params marks them shared, as in MXNet
         s.add(c)
+
+
+def test_errors_name_the_user_argument():
+    with pytest.raises(TypeError, match="activation: expected a string"):
+        rnn.RNNCell(4, activation=["tanh"])
+    cell = rnn.FusedRNNCell(3, num_layers=2, mode="gru", get_next_state=True, prefix="f_")
+    x = np.zeros((2, 5, 4), np.float32)
+    out, states = cell.unroll(5, x, layout="NTC", merge_outputs=True, training=True)
+    with pytest.raises(ValueError, match=r"d_states\[0\]: expected shape \(2, 2, 3\)"):
+        cell.backward(np.ones_like(out), [np.ones((1, 2, 3), np.float32)])

@@ -883,6 +883,9 @@ class RNNCell(_GateCell):
     '{prefix}h2h_weight' (H, H), '{prefix}h2h_bias' (H,)."""
 
     def __init__(self, num_hidden, activation="tanh", prefix="rnn_", params=None):
+        if not isinstance(activation, str):
+            raise TypeError(f"activation: expected a string such as 'tanh' or 'relu', got "
+                            f"{type(activation).__name__} {activation!r}")
         if activation in _RNN_ACTIVATIONS:
             mode, act = _RNN_ACTIVATIONS[activation]
         elif isinstance(activation, str) and activation in ACTIVATIONS:
@@ -1138,6 +1141,12 @@ class FusedRNNCell(BaseRNNCell):
         n = len(self.state_info) if self._get_next_state else 0
         ds = _state_grads(d_states, n, "FusedRNNCell") + [None, None]
         ds = [None if g is None else np.asarray(g, dtype=dtype) for g in ds]
+        state_shape = (ctx.plan.num_layers * (2 if ctx.plan.bidirectional else 1), ctx.x.shape[1],
+                       self._num_hidden)
+        for i, g in enumerate(ds[:n]):
+            if g is not None:
+                chk.shape(f"d_states[{i}]", g, state_shape,
+                          "(num_layers * directions, batch_size, num_hidden)")
         dx, dh0, dc0, dw = F.backward(ctx, dy, ds[0], ds[1] if self._mode == "lstm" else None)
         self._parameter.grad += dw
         d_begin = [dh0] + ([dc0] if dc0 is not None else [])
@@ -1276,8 +1285,9 @@ class SequentialRNNCell(BaseRNNCell):
         next_states, counts = [], []
         split = self._split(begin_state, "begin_state")
         for i, (cell, states) in enumerate(zip(self._cells, split)):
+            # inner children hand one merged array on (no split into T arrays and re-stack)
             inputs, states = _unroll(cell, length, inputs, states, layout,
-                                     None if i < num_cells - 1 else merge_outputs, training)
+                                     True if i < num_cells - 1 else merge_outputs, training)
             next_states.extend(states)
             counts.append(len(_flatten(states)))
         if training:
