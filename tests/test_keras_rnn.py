@@ -13,7 +13,6 @@ problems are tiny: T = 5, O(1) values; a semantic mistake gives errors of order 
 by op (``jax.disable_jit``) so that its scan is not compiled anew at every call.
 """
 
-import os
 
 import numpy as np
 import pytest
@@ -22,61 +21,19 @@ import fusedrnn
 from fusedrnn import functional
 from fusedrnn import layers as L
 
-os.environ["KERAS_BACKEND"] = "jax"
-try:
-    import jax
-    import jax.numpy as jnp
-    import keras
+from keras_support import (  # noqa: F401 (keras_op_by_op: an autouse fixture)
+    C, N, T, U, close, ignore_array_warning, jax, jnp, keras, keras_grads, keras_mask,
+    keras_op_by_op, needs_keras, rng_for)
 
-    if keras.backend.backend() != "jax":  # keras imported earlier with another backend
-        keras = None
-except ImportError:
-    keras = None
-
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-needs_keras = pytest.mark.skipif(keras is None, reason="needs keras 3 with the JAX backend")
-
-N, T, C, U = 3, 5, 4, 3
+pytestmark = ignore_array_warning
 
 
-@pytest.fixture(autouse=True)
-def _keras_op_by_op():
-    if keras is None:
-        yield
-    else:
-        with jax.disable_jit():
-            yield
-
-
-def _rng(*key):
-    return np.random.default_rng(abs(hash(repr(key))) % 2**32)
 
 
 def _x(rng, *shape):
     return rng.standard_normal(shape or (N, T, C)).astype(np.float32)
 
 
-def _mask(kind):
-    """(N, T): left-padded (lengths 5, 3, 1) or with gaps (a masked first and last step)."""
-    if kind is None:
-        return None
-    m = np.ones((N, T), bool)
-    if kind == "left":
-        m[1, :2] = False
-        m[2, :4] = False
-    else:
-        m[0, [1, 4]] = False
-        m[1, 0] = False
-        m[2, ::2] = False
-    return m
-
-
-def close(name, got, want, rtol=1e-5):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
-    err = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
-    assert err <= rtol * scale, f"{name}: max abs err {err:.3g} > {rtol * scale:.3g}"
 
 
 def close_tree(name, got, want):
@@ -312,10 +269,10 @@ BUILTIN_CASES = [
 @needs_keras
 @pytest.mark.parametrize("kind,cell_kw,rnn_kw,mask_kind,init", BUILTIN_CASES)
 def test_builtin_cell_rnn_matches_keras_and_layer(kind, cell_kw, rnn_kw, mask_kind, init):
-    rng = _rng("builtin", kind, cell_kw, rnn_kw, mask_kind, init)
+    rng = rng_for("builtin", kind, cell_kw, rnn_kw, mask_kind, init)
     specs = [(kind, cell_kw, U)]
     k, ours = keras_pair(specs, rng, **rnn_kw)
-    x, mask = _x(rng), _mask(mask_kind)
+    x, mask = _x(rng), keras_mask(mask_kind)
     state = _initial_states(rng, specs, stacked=False) if init else None
     want = k(x, initial_state=state, mask=mask)
     got = ours(x, initial_state=state, mask=mask)
@@ -342,35 +299,16 @@ STACK_CASES = [
 @needs_keras
 @pytest.mark.parametrize("specs,rnn_kw,mask_kind,init,as_list", STACK_CASES)
 def test_stacked_builtin_cells_match_keras(specs, rnn_kw, mask_kind, init, as_list):
-    rng = _rng("stack", specs, rnn_kw, mask_kind, init)
+    rng = rng_for("stack", specs, rnn_kw, mask_kind, init)
     k, ours = keras_pair(specs, rng, stacked=True, as_list=as_list, **rnn_kw)
     assert ours._fused is not None and len(ours._layers) == len(specs)
-    x, mask = _x(rng), _mask(mask_kind)
+    x, mask = _x(rng), keras_mask(mask_kind)
     state = _initial_states(rng, specs, True, bare=init == "bare") if init else None
     want = k(x, initial_state=state, mask=mask)
     got = ours(x, initial_state=state, mask=mask)
     close_tree("RNN(StackedRNNCells)", got, want)
     if init == "bare":  # Keras returns each state in the form it was given
         assert not isinstance(got[1], list) and isinstance(got[2], list)
-
-
-def keras_grads(k, x, init, mask, cotangents):
-    """JAX autodiff of sum(output_i * cotangent_i) of the Keras layer: weight, x, init grads."""
-    tv = [v.value for v in k.trainable_variables]
-    ntv = [v.value for v in k.non_trainable_variables]
-
-    def loss(tv, x, init):
-        kw = {} if mask is None else {"mask": jnp.asarray(mask)}
-        if init is not None:
-            kw["initial_state"] = init
-        out, _ = k.stateless_call(tv, ntv, x, **kw)
-        flat = jax.tree_util.tree_leaves(out)
-        return sum(jnp.sum(o * c) for o, c in zip(flat, cotangents))
-
-    init = None if init is None else jax.tree_util.tree_map(jnp.asarray, init)
-    g = jax.grad(loss, argnums=(0, 1, 2) if init is not None else (0, 1))(tv, jnp.asarray(x), init)
-    return ([np.asarray(a) for a in g[0]], np.asarray(g[1]),
-            None if init is None else jax.tree_util.tree_map(np.asarray, g[2]))
 
 
 def _flat_leaves(tree):
@@ -397,12 +335,12 @@ GRAD_CASES = [
 @needs_keras
 @pytest.mark.parametrize("specs,rnn_kw,mask_kind,init", GRAD_CASES)
 def test_backward_matches_jax_autodiff(specs, rnn_kw, mask_kind, init):
-    rng = _rng("grad", specs, rnn_kw, mask_kind, init)
+    rng = rng_for("grad", specs, rnn_kw, mask_kind, init)
     stacked = len(specs) > 1
     k, ours = keras_pair(specs, rng, stacked=stacked, **rnn_kw)
     fused = all(kind != "Minimal" for kind, _, _ in specs)
     assert (ours._fused is not None) == fused
-    x, mask = _x(rng), _mask(mask_kind)
+    x, mask = _x(rng), keras_mask(mask_kind)
     state = _initial_states(rng, specs, stacked) if init else None
     outs = ours(x, initial_state=state, mask=mask, training=True)
     want = k(x, initial_state=state, mask=mask)
@@ -427,7 +365,7 @@ def test_backward_matches_jax_autodiff(specs, rnn_kw, mask_kind, init):
 @pytest.mark.parametrize("kind,kw", [("LSTM", {}), ("GRU", {}), ("GRU", dict(reset_after=False)),
                                      ("SimpleRNN", dict(activation="relu"))])
 def test_cell_step_matches_keras_cell(kind, kw):
-    rng = _rng("step", kind, kw)
+    rng = rng_for("step", kind, kw)
     kc, oc = _keras_cell(kind, U, **kw), _our_cell(kind, U, **kw)
     kc.build((N, C))
     weights = _uniform_weights(rng, [w.shape for w in kc.get_weights()])
@@ -471,7 +409,7 @@ def test_cell_step_matches_keras_cell(kind, kw):
 def test_cell_dropout_masks_are_cached_like_keras():
     """A cell's training steps reuse one set of dropout masks until reset_dropout_mask (Keras's
     DropoutRNNCell); RNN resets them around each call."""
-    rng = _rng("cell-dropout")
+    rng = rng_for("cell-dropout")
     cell = L.GRUCell(U, dropout=0.5, recurrent_dropout=0.5, seed=3)
     x, h = _x(rng, N, C), rng.standard_normal((N, U)).astype(np.float32)
     a = cell(x, [h], training=True)[0]
@@ -502,11 +440,11 @@ USER_CASES = [
 @needs_keras
 @pytest.mark.parametrize("specs,rnn_kw,mask_kind,init,as_list", USER_CASES)
 def test_user_cell_loop_matches_keras(specs, rnn_kw, mask_kind, init, as_list):
-    rng = _rng("user", specs, rnn_kw, mask_kind, init)
+    rng = rng_for("user", specs, rnn_kw, mask_kind, init)
     stacked = len(specs) > 1
     k, ours = keras_pair(specs, rng, stacked=stacked, as_list=as_list, **rnn_kw)
     assert ours._fused is None
-    x, mask = _x(rng), _mask(mask_kind)
+    x, mask = _x(rng), keras_mask(mask_kind)
     state = _initial_states(rng, specs, stacked) if init else None
     want = k(x, initial_state=state, mask=mask)
     got = ours(x, initial_state=state, mask=mask)
@@ -524,7 +462,7 @@ def test_nested_cell_matches_keras():
     (keras.src.backend.rnn; keras.layers.RNN itself refuses nested inputs)."""
     from keras.src import backend as kbackend
 
-    rng = _rng("nested")
+    rng = rng_for("nested")
     u1, u2, u3, i1, i2, i3 = 2, 3, 2, 4, 3, 2
     x1, x2 = _x(rng, N, T, i1), _x(rng, N, T, i2, i3)
     kcell = KerasNestedCell(u1, u2, u3)
@@ -564,11 +502,11 @@ def test_nested_cell_masks():
     """Masks over nested outputs (Keras has no path for them): states kept at masked steps, the
     output there the previous output (zeros before the first step) or zeros; a left-padded sample
     ends where the same sequence without the padding ends."""
-    rng = _rng("nested-mask")
+    rng = rng_for("nested-mask")
     cell = NestedCell(2, 3, 2)
     x1, x2 = _x(rng, N, T, 4), _x(rng, N, T, 3, 2)
     for kind, zero in (("gaps", False), ("left", False), ("gaps", True)):
-        mask = _mask(kind)
+        mask = keras_mask(kind)
         out, s1, s2 = L.RNN(cell, return_sequences=True, return_state=True,
                             zero_output_for_mask=zero)((x1, x2), mask=mask)
         plain = L.RNN(cell, return_sequences=True, return_state=True)
@@ -596,10 +534,10 @@ def test_dict_states_match_keras():
     (the masked path Keras's loop has for them), against keras.src.backend.rnn."""
     from keras.src import backend as kbackend
 
-    rng = _rng("dict")
+    rng = rng_for("dict")
     cell = DictStateCell(U)
     cell.kernel, cell.recurrent_kernel = _uniform_weights(rng, [(C, U), (U, U)])
-    x, mask = _x(rng), _mask("gaps")
+    x, mask = _x(rng), keras_mask("gaps")
     init = [{"h": rng.standard_normal((N, U)).astype(np.float32),
              "total": rng.standard_normal((N, U)).astype(np.float32)}]
 
@@ -636,13 +574,13 @@ def test_builtin_path_makes_one_fused_call_per_cell(monkeypatch):
         return forward(x, *args, **kw)
 
     monkeypatch.setattr(functional, "forward", counting)
-    rng = _rng("calls")
+    rng = rng_for("calls")
     x = _x(rng)
     fusedrnn.RNN(fusedrnn.LSTMCell(U), return_sequences=True)(x)
     assert calls == [(N, T, C)]  # the whole sequence in one call
     calls.clear()
     fusedrnn.RNN([fusedrnn.LSTMCell(U), fusedrnn.GRUCell(2)], go_backwards=True)(x,
-                                                                                mask=_mask("left"))
+                                                                                mask=keras_mask("left"))
     assert calls == [(N, T, C), (N, T, U)]  # one per cell
     calls.clear()
     user = MinimalRNNCell(2)
@@ -660,8 +598,8 @@ def test_loop_over_builtin_cells_equals_fused(dropout, monkeypatch):
     run's outputs, states, input/state gradients and weight gradients -- with dropout too (the
     loop's first mask seed is the layer's first one, and the kernel's masks depend on the seed
     only)."""
-    rng = _rng("loop-vs-fused", dropout)
-    x, mask = _x(rng), _mask("gaps")
+    rng = rng_for("loop-vs-fused", dropout)
+    x, mask = _x(rng), keras_mask("gaps")
 
     def make():
         cells = [L.LSTMCell(U, seed=1, dropout=dropout, recurrent_dropout=dropout),
@@ -720,11 +658,11 @@ class ProjectionCell:
 def test_loop_backward_matches_finite_differences(go_backwards, zero):
     """The loop's backward through masked steps, where the output is the previous output (or zero):
     directional derivatives in float64 against central differences."""
-    rng = _rng("fd", go_backwards, zero)
+    rng = rng_for("fd", go_backwards, zero)
     cell = ProjectionCell(rng)
     kw = dict(return_sequences=True, return_state=True, go_backwards=go_backwards,
               zero_output_for_mask=zero)
-    x, h0, mask = rng.standard_normal((N, T, C)), rng.standard_normal((N, 3)), _mask("gaps")
+    x, h0, mask = rng.standard_normal((N, T, C)), rng.standard_normal((N, 3)), keras_mask("gaps")
     dy, dh = rng.standard_normal((N, T, 2)), rng.standard_normal((N, 3))
 
     def f(x, h0):
@@ -757,7 +695,7 @@ def test_loop_backward_matches_finite_differences(go_backwards, zero):
 @needs_keras
 @pytest.mark.parametrize("kind", ["LSTM", "Minimal"])
 def test_stateful_matches_keras(kind):
-    rng = _rng("stateful", kind)
+    rng = rng_for("stateful", kind)
     specs = [(kind, {}, U)]
     k, ours = keras_pair(specs, rng, stateful=True, return_sequences=True)
     x1, x2 = _x(rng), _x(rng)
@@ -778,7 +716,7 @@ def test_stateful_matches_keras(kind):
 
 
 def test_backward_records_and_errors():
-    rng = _rng("records")
+    rng = rng_for("records")
     x = _x(rng)
     rnn = L.RNN(MinimalRNNCell(U), return_sequences=True)
     rnn.build((N, T, C))
@@ -827,7 +765,7 @@ def test_bad_construction(make, exc, match):
 
 
 def test_bad_calls():
-    rng = _rng("bad")
+    rng = rng_for("bad")
     x = _x(rng)
     cell = L.LSTMCell(U)
     with pytest.raises(ValueError, match="inputs: expected a 2-D array"):

@@ -12,11 +12,11 @@ O(1) values), two float32 implementations differ by ~1e-7 there (gradients a few
 semantic mistake (a reversed sequence, a mask applied wrongly, a swapped gate) gives errors of
 order 0.1.
 
-Keras's calls dominate the cost; they run op by op (``jax.disable_jit``, see ``_keras_op_by_op``),
-which avoids an XLA compile of the scan at every call, and every case checks several features.
+Keras's calls dominate the cost; they run op by op (``jax.disable_jit``),
+which avoids an XLA compile of the scan at every call (keras_support.keras_op_by_op), and every
+case checks several features.
 """
 
-import os
 
 import numpy as np
 import pytest
@@ -25,69 +25,24 @@ import fusedrnn
 from fusedrnn import converters as cv
 from fusedrnn import layers as L
 
-os.environ["KERAS_BACKEND"] = "jax"
-try:
-    import jax
-    import jax.numpy as jnp
-    import keras
+from keras_support import (  # noqa: F401 (keras_op_by_op: an autouse fixture)
+    C, N, T, U, close, ignore_array_warning, keras, keras_grads, keras_mask,
+    keras_op_by_op, needs_keras, rng_for)
 
-    if keras.backend.backend() != "jax":  # keras imported earlier with another backend
-        keras = None
-except ImportError:
-    keras = None
-
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-needs_keras = pytest.mark.skipif(keras is None, reason="needs keras 3 with the JAX backend")
-
-N, T, C, U = 3, 5, 4, 3
+pytestmark = ignore_array_warning
 
 
-@pytest.fixture(autouse=True)
-def _keras_op_by_op():
-    """Keras's lax.scan is compiled by XLA anew at every call (~0.2 s); run op by op instead
-    (jax.disable_jit: the same Keras code and math, each op's compiled kernel reused), ~20 ms."""
-    if keras is None:
-        yield
-    else:
-        with jax.disable_jit():
-            yield
-
-
-def _rng(*key):
-    return np.random.default_rng(abs(hash(repr(key))) % 2**32)
 
 
 def _x(rng, n=N, t=T, c=C):
     return rng.standard_normal((n, t, c)).astype(np.float32)
 
 
-def _mask(kind):
-    """(N, T) Keras masks: left-padded (lengths 5, 3, 1) or with gaps (a masked first and last
-    step included)."""
-    if kind is None:
-        return None
-    m = np.ones((N, T), bool)
-    if kind == "left":
-        m[1, :2] = False
-        m[2, :4] = False
-    else:  # gaps
-        m[0, [1, 4]] = False
-        m[1, 0] = False
-        m[2, ::2] = False
-    return m
-
 
 def _states(rng, cls, n=1):
     k = 2 if cls == "LSTM" else 1
     return [rng.standard_normal((N, U)).astype(np.float32) for _ in range(k * n)]
 
-
-def close(name, got, want, rtol=1e-5):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
-    err = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
-    assert err <= rtol * scale, f"{name}: max abs err {err:.3g} > {rtol * scale:.3g}"
 
 
 def close_all(name, got, want):
@@ -122,26 +77,6 @@ def keras_pair(cls, rng, bidirectional="-", backward=None, **kw):
     return k, ours
 
 
-def keras_grads(k, x, init, mask, cotangents):
-    """JAX autodiff of sum(output_i * cotangent_i) of the Keras layer: (weights, x, init) grads."""
-    tv = [v.value for v in k.trainable_variables]
-    ntv = [v.value for v in k.non_trainable_variables]
-
-    def loss(tv, x, init):
-        kw = {} if mask is None else {"mask": jnp.asarray(mask)}
-        if init is not None:
-            kw["initial_state"] = list(init)
-        out, _ = k.stateless_call(tv, ntv, x, **kw)
-        out = list(out) if isinstance(out, (tuple, list)) else [out]
-        assert len(out) == len(cotangents)
-        return sum(jnp.sum(o * c) for o, c in zip(out, cotangents) if c is not None)
-
-    args = (tv, jnp.asarray(x), None if init is None else [jnp.asarray(s) for s in init])
-    g = jax.grad(loss, argnums=(0, 1, 2) if init is not None else (0, 1))(*args)
-    return [np.asarray(a) for a in g[0]], np.asarray(g[1]), (
-        None if init is None else [np.asarray(a) for a in g[2]])
-
-
 # --------------------------------------------------------------------------------------------------
 # Single layers: outputs and states
 # --------------------------------------------------------------------------------------------------
@@ -169,9 +104,9 @@ FORWARD_CASES = [
 @needs_keras
 @pytest.mark.parametrize("cls,kw,mask_kind,init", FORWARD_CASES)
 def test_forward_matches_keras(cls, kw, mask_kind, init):
-    rng = _rng(cls, kw, mask_kind, init)
+    rng = rng_for(cls, kw, mask_kind, init)
     k, ours = keras_pair(cls, rng, **kw)
-    x, mask = _x(rng), _mask(mask_kind)
+    x, mask = _x(rng), keras_mask(mask_kind)
     state = _states(rng, cls) if init else None
     want = k(x, initial_state=state, mask=mask)
     got = ours(x, initial_state=state, mask=mask)
@@ -186,7 +121,7 @@ def test_forward_matches_keras(cls, kw, mask_kind, init):
 
 @needs_keras
 def test_stateful_matches_keras():
-    rng = _rng("stateful")
+    rng = rng_for("stateful")
     k, ours = keras_pair("LSTM", rng, stateful=True, return_sequences=True)
     x1, x2 = _x(rng), _x(rng)
     assert ours.states is None
@@ -225,10 +160,10 @@ BIDIRECTIONAL_CASES = [
 @needs_keras
 @pytest.mark.parametrize("merge_mode,cls,kw,mask_kind,init,backward", BIDIRECTIONAL_CASES)
 def test_bidirectional_matches_keras(merge_mode, cls, kw, mask_kind, init, backward):
-    rng = _rng("bi", merge_mode, cls, kw, mask_kind, init)
+    rng = rng_for("bi", merge_mode, cls, kw, mask_kind, init)
     k, ours = keras_pair(cls, rng, bidirectional=merge_mode, backward=backward, **kw)
     assert ours._fusable() == (backward is None)
-    x, mask = _x(rng), _mask(mask_kind)
+    x, mask = _x(rng), keras_mask(mask_kind)
     state = _states(rng, cls, 2) if init else None
     want = k(x, initial_state=state, mask=mask)
     got = ours(x, initial_state=state, mask=mask)
@@ -242,10 +177,10 @@ def test_bidirectional_matches_keras(merge_mode, cls, kw, mask_kind, init, backw
 def test_bidirectional_fused_equals_two_calls(merge_mode, cls, kw, monkeypatch):
     """The one fused bidirectional call and the two single-direction calls agree, forward and
     backward (with a mask and initial states)."""
-    rng = _rng("fused", merge_mode, cls)
+    rng = rng_for("fused", merge_mode, cls)
     layer = L.Bidirectional(getattr(L, cls)(U, **kw), merge_mode=merge_mode)
     layer.build((N, T, C))
-    x, mask, init = _x(rng), _mask("left"), _states(rng, cls, 2)
+    x, mask, init = _x(rng), keras_mask("left"), _states(rng, cls, 2)
     outs = layer(x, initial_state=init, mask=mask, training=True)
     outs = list(outs) if isinstance(outs, tuple) else [outs]
     n_out = 2 if merge_mode is None else 1
@@ -263,7 +198,7 @@ def test_bidirectional_fused_equals_two_calls(merge_mode, cls, kw, monkeypatch):
 
 
 def test_bidirectional_stateful_and_states():
-    rng = _rng("bi-stateful")
+    rng = rng_for("bi-stateful")
     bi = L.Bidirectional(L.GRU(U, stateful=True, return_sequences=True))
     x1, x2 = _x(rng), _x(rng)
     bi(x1)
@@ -297,10 +232,10 @@ GRAD_CASES = [
 @needs_keras
 @pytest.mark.parametrize("cls,kw,mask_kind,init,merge_mode", GRAD_CASES)
 def test_backward_matches_jax_autodiff(cls, kw, mask_kind, init, merge_mode):
-    rng = _rng("grad", cls, kw, mask_kind, init, merge_mode)
+    rng = rng_for("grad", cls, kw, mask_kind, init, merge_mode)
     bi = merge_mode != "-"
     k, ours = keras_pair(cls, rng, bidirectional=merge_mode, **kw)
-    x, mask = _x(rng), _mask(mask_kind)
+    x, mask = _x(rng), keras_mask(mask_kind)
     state = _states(rng, cls, 2 if bi else 1) if init else None
     outs = ours(x, initial_state=state, mask=mask, training=True)
     outs = list(outs) if isinstance(outs, tuple) else [outs]
@@ -416,7 +351,7 @@ def test_initializers_names_callables_and_seeds():
 
 
 def test_set_weights_get_weights_round_trip_and_checks():
-    rng = _rng("weights")
+    rng = rng_for("weights")
     layer = L.GRU(U, reset_after=False)
     shapes = cv.keras_weight_shapes("gru", C, U, reset_after=False)
     weights = [rng.standard_normal(s) for s in shapes]  # float64 lists are cast
@@ -446,7 +381,7 @@ def test_set_weights_get_weights_round_trip_and_checks():
 
 
 def test_backward_bookkeeping():
-    rng = _rng("bookkeeping")
+    rng = rng_for("bookkeeping")
     layer = L.LSTM(U, return_sequences=True, seed=0)
     x = _x(rng)
     with pytest.raises(RuntimeError, match="training=True"):
@@ -482,7 +417,7 @@ def test_backward_bookkeeping():
 
 
 def test_float64_and_unroll():
-    rng = _rng("f64")
+    rng = rng_for("f64")
     x = _x(rng)
     a = L.GRU(U, return_sequences=True, seed=3)
     b = L.GRU(U, return_sequences=True, seed=3, dtype="float64", unroll=True)
@@ -515,7 +450,7 @@ def test_config_round_trip_and_bidirectional_copies():
 
 
 def test_keras_guide_examples():
-    rng = _rng("guide")
+    rng = rng_for("guide")
     # Encoder-decoder: the encoder's final states start the decoder.
     encoder_embedded = rng.standard_normal((2, 6, 64)).astype(np.float32)
     decoder_embedded = rng.standard_normal((2, 7, 64)).astype(np.float32)
@@ -599,7 +534,7 @@ def test_dropout_layers():
     gradient of a training call with dropout is that of the function it computed (central
     differences in float64 through fresh layers with the same seed, whose first calls draw the same
     masks)."""
-    rng = _rng("dropout")
+    rng = rng_for("dropout")
     x = rng.standard_normal((N, T, C))
     kw = dict(return_sequences=True, go_backwards=True, dtype="float64")
     plain = L.LSTM(U, seed=5, **kw)
@@ -664,7 +599,7 @@ def test_bad_construction(make, exc, match):
 
 
 def test_bad_calls():
-    rng = _rng("bad")
+    rng = rng_for("bad")
     x = _x(rng)
     layer = L.LSTM(U)
     with pytest.raises(ValueError, match="inputs: expected a 3-D array"):
