@@ -243,6 +243,29 @@ def assert_close_flat(name, actual, expected, torch_val, mode, C, H, L, bidirect
 
 
 # --------------------------------------------------------------------------
+# fusedrnn's counter-based random numbers (fusedrnn/random.h), re-implemented in NumPy so that the
+# reference can run with the very masks fusedrnn draws
+# --------------------------------------------------------------------------
+
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix64(z):
+    z = (z + np.uint64(0x9E3779B97F4A7C15)) & _M64
+    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform01(seed, stream, count):
+    """The uniforms of indices 0..count-1 of one stream, as float64 (exactly the float32 values)."""
+    with np.errstate(over="ignore"):
+        key = _mix64(np.uint64(seed) ^ _mix64(np.uint64(stream)))
+        u = _mix64(key + np.arange(count, dtype=np.uint64)) >> np.uint64(40)
+    return u.astype(np.float64) * 2.0**-24
+
+
+# --------------------------------------------------------------------------
 # Finite differences
 # --------------------------------------------------------------------------
 

@@ -102,6 +102,8 @@ ACTIVATIONS = {
                      lambda a: np.where((a > -3.0) & (a < 3.0), 1.0 / 6.0, 0.0).astype(a.dtype)),
     "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0.0).astype(a.dtype)),
     "linear": (lambda a: a, lambda a: np.ones_like(a)),
+    "softrelu": (lambda a: np.logaddexp(0.0, a).astype(a.dtype), lambda a: _sigmoid(a)),
+    "softsign": (lambda a: a / (1.0 + np.abs(a)), lambda a: 1.0 / (1.0 + np.abs(a)) ** 2),
 }
 
 
@@ -208,7 +210,7 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
 
 def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activation=None,
             recurrent_activation="sigmoid", reset_after=True, dtype=np.float64, mask=None,
-            zero_masked_output=False, dropout_masks=None):
+            zero_masked_output=False, dropout_masks=None, zoneout_masks=None, residual=False):
     """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm.
 
     activation: cell activation (LSTM g and c, GRU n, RNN h), default tanh (relu for rnn_relu);
@@ -217,7 +219,12 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
     mask: optional (T, N) bools; a masked step keeps the previous h (and c) and outputs it, or zero
     with zero_masked_output (last layer only: inner layers pass the kept state on).
     dropout_masks: optional {(layer, direction): (mx (N, C_in) or None, mh (N, H) or None)}, the
-    scaled variational dropout masks on each layer's input and on the state before W_hh."""
+    scaled variational dropout masks on each layer's input and on the state before W_hh.
+    zoneout_masks: optional {(layer, direction): (keep_h, keep_c, keep_o)}, each (T, N, H) bools or
+    None: True takes the cell's new value. The state h (c) keeps its previous value where keep_h
+    (keep_c) is False; the output y_t = where(keep_o, h_new, y_{t-1}), y_{-1} = 0 (MXNet's
+    ZoneoutCell). residual: each layer's output is y plus the layer input (direction d adds input
+    columns d*H:(d+1)*H; MXNet's ResidualCell)."""
     _check_mode(mode)
     act = default_activation(mode) if activation is None else activation
     rec = recurrent_activation
@@ -245,15 +252,24 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
             c = c0[l * D + d] if is_lstm else None
             caches = [None] * T
             times = range(T) if d == 0 else range(T - 1, -1, -1)
+            kh, kc, ko = (zoneout_masks or {}).get((l, d), (None, None, None))
+            y_prev = np.zeros((N, H), dtype)
             for t in times:
                 mx, mh = (dropout_masks or {}).get((l, d), (None, None))
                 h_new, c_new, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih,
                                                         bhh, act, rec, reset_after, mx, mh)
                 m = np.ones((N, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
-                h = np.where(m, h_new, h)
-                c = np.where(m, c_new, c) if is_lstm else None
+                y = h_new if ko is None else np.where(ko[t], h_new, y_prev)
+                y_prev = y
+                h = np.where(m if kh is None else kh[t], h_new, h)
+                c = np.where(m if kc is None else kc[t], c_new, c) if is_lstm else None
+                if mask is not None:
+                    y = h
                 zero = zero_masked_output and l == L - 1
-                layer_out[t, :, d * H:(d + 1) * H] = np.where(m, h, 0.0) if zero else h
+                out = np.where(m, y, 0.0) if zero else y
+                if residual:
+                    out = out + layer_in[t][:, d * H:(d + 1) * H]
+                layer_out[t, :, d * H:(d + 1) * H] = out
             step_caches[(l, d)] = caches
             hN[l * D + d] = h
             if is_lstm:
@@ -261,6 +277,7 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
         layer_in = layer_out
     y = layer_in
     cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype, act=act, mask=mask,
+                 zoneout_masks=zoneout_masks, residual=residual,
                  zero_masked_output=zero_masked_output, rec=rec, reset_after=reset_after,
                  bidirectional=bidirectional, params=params, steps=step_caches)
     return y, hN, cN, cache
@@ -293,12 +310,31 @@ def backward(cache, dy=None, dhN=None, dcN=None):
             caches = cache["steps"][(l, d)]
             dh = dhN[l * D + d]
             dc = dcN[l * D + d] if is_lstm else None
+            kh, kc, ko = (cache["zoneout_masks"] or {}).get((l, d), (None, None, None))
+            carry = np.zeros((N, H), dtype)  # zoneout: gradient of y_t reaching it from later outputs
             # reverse of this direction's processing order
             times = range(T - 1, -1, -1) if d == 0 else range(T)
             for t in times:
                 m = np.ones((N, 1), bool) if cache["mask"] is None else \
                     np.asarray(cache["mask"][t], bool)[:, None]
                 dy_t = d_out[t, :, d * H:(d + 1) * H]
+                if cache["residual"]:
+                    d_in[t][:, d * H:(d + 1) * H] += dy_t
+                if kh is not None or kc is not None or ko is not None:
+                    # zoneout: split the gradients of y, h, c between the new values and the old
+                    g = dy_t + carry
+                    dy_new = g if ko is None else np.where(ko[t], g, 0.0)
+                    carry = np.zeros_like(g) if ko is None else np.where(ko[t], 0.0, g)
+                    kh_t = np.ones((N, H), bool) if kh is None else kh[t]
+                    dx_t, dh_cell, dc_cell = _cell_backward(
+                        mode, caches[t], np.where(kh_t, dh, 0.0) + dy_new,
+                        None if dc is None else (dc if kc is None else np.where(kc[t], dc, 0.0)),
+                        wih, whh, grads, cache["act"], cache["rec"], cache["reset_after"])
+                    dh = dh_cell + np.where(kh_t, 0.0, dh)
+                    if is_lstm:
+                        dc = dc_cell + (0.0 if kc is None else np.where(kc[t], 0.0, dc))
+                    d_in[t] += dx_t
+                    continue
                 if cache["zero_masked_output"] and l == L - 1:
                     dy_t = np.where(m, dy_t, 0.0)
                 dh_total = dh + dy_t

@@ -10,24 +10,7 @@ import pytest
 import fusedrnn
 import reference as ref
 from conftest import (check_finite_differences, compare_with_yardstick, fused_dict, make_problem,
-                      reference_dict, seed_of)
-
-M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _mix64(z):
-    z = (z + np.uint64(0x9E3779B97F4A7C15)) & M64
-    z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & M64
-    z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & M64
-    return z ^ (z >> np.uint64(31))
-
-
-def _uniform01(seed, stream, count):
-    with np.errstate(over="ignore"):
-        key = _mix64(np.uint64(seed) ^ _mix64(np.uint64(stream)))
-        u = _mix64(key + np.arange(count, dtype=np.uint64)) >> np.uint64(40)
-    return u.astype(np.float64) * 2.0**-24
-
+                      reference_dict, seed_of, uniform01)
 
 def masks_like_fusedrnn(seed, L, D, N, C, H, rate_x, rate_h):
     """{(layer, dir): (mx, mh)} exactly as fusedrnn draws them."""
@@ -40,7 +23,7 @@ def masks_like_fusedrnn(seed, L, D, N, C, H, rate_x, rate_h):
                 if rate == 0:
                     pair.append(None)
                     continue
-                u = _uniform01(seed, (layer * 2 + d) * 2 + kind, N * width).reshape(N, width)
+                u = uniform01(seed, (layer * 2 + d) * 2 + kind, N * width).reshape(N, width)
                 pair.append(np.where(u >= rate, 1.0 / (1.0 - rate), 0.0))
             out[(layer, d)] = tuple(pair)
     return out
@@ -88,7 +71,7 @@ def test_reproducible_seeded_and_off_outside_training():
 
 
 def test_mask_statistics():
-    u = _uniform01(99, 3, 200000)
+    u = uniform01(99, 3, 200000)
     assert abs(u.mean() - 0.5) < 0.005 and u.min() >= 0 and u.max() < 1
     masks = masks_like_fusedrnn(5, 1, 1, 400, 250, 250, 0.3, 0.6)[(0, 0)]
     assert abs(float(np.mean(masks[0] == 0)) - 0.3) < 0.01

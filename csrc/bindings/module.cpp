@@ -145,7 +145,8 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
                   const py::object& activation = py::none(),
                   const std::string& recurrent_activation = "sigmoid", bool reset_after = true,
                   bool zero_masked_output = false, double dropout = 0.0,
-                  double recurrent_dropout = 0.0) {
+                  double recurrent_dropout = 0.0, double zoneout_outputs = 0.0,
+                  double zoneout_states = 0.0, bool residual = false) {
   RnnDesc d;
   d.mode = parse_mode(mode);
   d.input_size = input_size;
@@ -160,6 +161,9 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
   d.zero_masked_output = zero_masked_output;
   d.dropout = dropout;
   d.recurrent_dropout = recurrent_dropout;
+  d.zoneout_outputs = zoneout_outputs;
+  d.zoneout_states = zoneout_states;
+  d.residual = residual;
   validate(d);
   return d;
 }
@@ -184,10 +188,12 @@ PYBIND11_MODULE(_C, m) {
                        int64_t num_layers, bool bidirectional, const std::string& dtype, int64_t T,
                        int64_t N, bool training, const py::object& activation,
                        const std::string& recurrent_activation, bool reset_after,
-                       bool zero_masked_output, double dropout, double recurrent_dropout) {
+                       bool zero_masked_output, double dropout, double recurrent_dropout,
+                       double zoneout_outputs, double zoneout_states, bool residual) {
              return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
                                         dtype, activation, recurrent_activation, reset_after,
-                                        zero_masked_output, dropout, recurrent_dropout),
+                                        zero_masked_output, dropout, recurrent_dropout,
+                                        zoneout_outputs, zoneout_states, residual),
                               T, N, training);
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
@@ -195,7 +201,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("training"), py::kw_only(), py::arg("activation") = py::none(),
            py::arg("recurrent_activation") = "sigmoid", py::arg("reset_after") = true,
            py::arg("zero_masked_output") = false, py::arg("dropout") = 0.0,
-           py::arg("recurrent_dropout") = 0.0)
+           py::arg("recurrent_dropout") = 0.0, py::arg("zoneout_outputs") = 0.0,
+           py::arg("zoneout_states") = 0.0, py::arg("residual") = false)
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
       .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
@@ -212,6 +219,10 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("dropout", [](const Plan& p) { return p.desc.dropout; })
       .def_property_readonly("recurrent_dropout",
                              [](const Plan& p) { return p.desc.recurrent_dropout; })
+      .def_property_readonly("zoneout_outputs",
+                             [](const Plan& p) { return p.desc.zoneout_outputs; })
+      .def_property_readonly("zoneout_states", [](const Plan& p) { return p.desc.zoneout_states; })
+      .def_property_readonly("residual", [](const Plan& p) { return p.desc.residual; })
       .def_readonly("T", &Plan::T)
       .def_readonly("N", &Plan::N)
       .def_readonly("training", &Plan::training)

@@ -33,6 +33,12 @@ void check_mask_strides(int64_t st, int64_t sn) {
                  ", ", sn, ")");
 }
 
+// Zoneout and residual define the output without reference to masks; the two do not combine.
+void check_mask_options(const Plan& p, const uint8_t* mask) {
+  FUSEDRNN_CHECK(!mask || !(p.desc.residual || p.desc.zoneout()), ValueError,
+                 "mask: not supported together with zoneout or residual");
+}
+
 void check_workspace(const Plan& p, void* ws) {
   if (p.workspace_bytes) check_ptr(ws, "workspace");
 }
@@ -83,6 +89,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
   check_workspace(p, a.workspace);
   if (p.training) check_ptr(a.reserve, "reserve");
   if (a.mask) check_mask_strides(a.mask_st, a.mask_sn);
+  check_mask_options(p, a.mask);
   dispatch(p.desc.dtype, [&](auto v) { loop::forward<decltype(v)>(p, a); });
 }
 
@@ -98,6 +105,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
   if (a.dy) check_grid("dy", p.T, p.N, D * H, a.dy_st, a.dy_sn);
   check_grid("dx", p.T, p.N, p.desc.input_size, a.dx_st, a.dx_sn);
   if (a.mask) check_mask_strides(a.mask_st, a.mask_sn);
+  check_mask_options(p, a.mask);
   dispatch(p.desc.dtype, [&](auto v) { loop::backward_data<decltype(v)>(p, a); });
 }
 

@@ -77,7 +77,10 @@ Activation parse_activation(const std::string& name) {
   if (name == "hard_sigmoid") return Activation::kHardSigmoid;
   if (name == "relu") return Activation::kRelu;
   if (name == "linear") return Activation::kLinear;
-  throw ValueError("activation: expected one of 'tanh', 'sigmoid', 'hard_sigmoid', 'relu', 'linear', got '" +
+  if (name == "softrelu") return Activation::kSoftrelu;
+  if (name == "softsign") return Activation::kSoftsign;
+  throw ValueError("activation: expected one of 'tanh', 'sigmoid', 'hard_sigmoid', 'relu', 'linear', "
+                   "'softrelu', 'softsign', got '" +
                    name + "'");
 }
 
@@ -88,6 +91,8 @@ std::string activation_name(Activation act) {
     case Activation::kHardSigmoid: return "hard_sigmoid";
     case Activation::kRelu: return "relu";
     case Activation::kLinear: return "linear";
+    case Activation::kSoftrelu: return "softrelu";
+    case Activation::kSoftsign: return "softsign";
   }
   return "?";
 }
@@ -108,6 +113,14 @@ void validate(const RnnDesc& d) {
                  "dropout: expected a rate in [0, 1), got ", d.dropout);
   FUSEDRNN_CHECK(d.recurrent_dropout >= 0.0 && d.recurrent_dropout < 1.0, ValueError,
                  "recurrent_dropout: expected a rate in [0, 1), got ", d.recurrent_dropout);
+  FUSEDRNN_CHECK(d.zoneout_outputs >= 0.0 && d.zoneout_outputs <= 1.0, ValueError,
+                 "zoneout_outputs: expected a probability in [0, 1], got ", d.zoneout_outputs);
+  FUSEDRNN_CHECK(d.zoneout_states >= 0.0 && d.zoneout_states <= 1.0, ValueError,
+                 "zoneout_states: expected a probability in [0, 1], got ", d.zoneout_states);
+  FUSEDRNN_CHECK(!d.residual || d.input_size == d.directions() * d.hidden_size, ValueError,
+                 "residual: the layer input is added to the output, so input_size must equal "
+                 "directions * hidden_size = ", d.directions() * d.hidden_size, ", got input_size ",
+                 d.input_size);
   FUSEDRNN_CHECK(d.reset_after || d.mode == Mode::kGru, ValueError,
                  "reset_after: only mode 'gru' has a reset gate, got reset_after=false for mode '",
                  mode_name(d.mode), "'");

@@ -23,6 +23,7 @@ struct Net {
   const Plan& p;
   int64_t T_, N, H, G, GH, D, L, SH;
   bool lstm, gru, rb;  // rb: GRU with the reset gate before the recurrent product
+  bool sep;            // zoneout / residual: hidden states in rows of their own, apart from outputs
   explicit Net(const Plan& plan)
       : p(plan),
         T_(plan.T),
@@ -35,7 +36,8 @@ struct Net {
         SH(plan.gate_slots * plan.desc.hidden_size),
         lstm(plan.desc.mode == Mode::kLstm),
         gru(plan.desc.mode == Mode::kGru),
-        rb(plan.desc.gru_reset_before()) {}
+        rb(plan.desc.gru_reset_before()),
+        sep(plan.desc.separate_states(plan.training)) {}
 
   // Steps of direction `dir` in processing order: s-th step is time index t.
   int64_t time_of(int dir, int64_t s) const { return dir == 0 ? s : T_ - 1 - s; }
@@ -43,7 +45,27 @@ struct Net {
   int64_t prev_of(int dir, int64_t t) const { return dir == 0 ? t - 1 : t + 1; }
   Rows<T> grid(T* base) const { return {base, N * D * H, D * H}; }
   Rows<T> slots(T* base) const { return {base, N * SH, SH}; }
+
+  // The hidden-state rows of (layer, direction) given its layer-output grid O: O's slice of the
+  // direction, or, with separate states, the reserve's state rows (training) or a ring of two rows in
+  // the workspace (inference: step t in row t % 2).
+  struct States {
+    T* base;
+    int64_t st, ld;
+    bool ring;
+    T* row(int64_t t) const { return base + (ring ? (t & 1) : t) * st; }
+  };
+  States states(const Rows<T>& O, T* rs, T* ws, int64_t si, int dir) const {
+    if (!sep) return {O.p + dir * H, O.st, O.sn, false};
+    if (p.training) return {rs + p.reserve.states[si], N * H, H, false};
+    return {ws + p.ws.zone, N * H, H, true};
+  }
 };
+
+template <typename T>
+void add_rows(T* dst, const T* src, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] += src[i];
+}
 
 // state (L*D, N, H) of one (layer, direction), or the shared zero row (row stride 0).
 template <typename T>
@@ -160,6 +182,21 @@ void forward(const Plan& p, const ForwardArgs& a) {
       const T* w_ih = w + off.w_ih;
       const T* w_hh = w + off.w_hh;
       fold_bias(net, w + off.b_ih, w + off.b_hh, bias);
+      const auto S = net.states(O, rs, ws, si, dir);
+      // Zoneout (training) and residual: the step's epilogue, with its mask streams.
+      StepZone<T> zn;
+      const bool zone = net.sep;
+      if (zone) {
+        zn.N = N;
+        zn.H = H;
+        if (p.training) {
+          zn.p_out = static_cast<float>(p.desc.zoneout_outputs);
+          zn.p_state = static_cast<float>(p.desc.zoneout_states);
+        }
+        zn.key_h = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kState));
+        zn.key_c = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kCell));
+        zn.key_o = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kOutput));
+      }
       int64_t ld_h0, ld_c0;
       const T* h0 = state_or_zero<T>(a.hx, si, N, H, zeros, &ld_h0);
       const T* c0 = state_or_zero<T>(a.cx, si, N, H, zeros, &ld_c0);
@@ -213,8 +250,8 @@ void forward(const Plan& p, const ForwardArgs& a) {
             st.h_prev = h0;
             st.ld_hp = ld_h0;
           } else {
-            st.h_prev = O.row(tp) + dir * H;
-            st.ld_hp = O.sn;
+            st.h_prev = S.row(tp);
+            st.ld_hp = S.ld;
           }
           // h0 = 0: the recurrent projection is zero, skip its GEMM(s)
           const bool zero_h = first && !a.hx;
@@ -247,9 +284,9 @@ void forward(const Plan& p, const ForwardArgs& a) {
             st.c_prev = st.c_out = cstate;
             st.ld_cp = st.ld_co = H;
           }
-          st.h_out = O.row(t) + dir * H;
-          st.ld_ho = O.sn;
-          if (copy_to_y) {
+          st.h_out = S.row(t);
+          st.ld_ho = S.ld;
+          if (copy_to_y && !zone) {
             st.y_out = Yuser.row(t) + dir * H;
             st.ld_yo = Yuser.sn;
           }
@@ -269,11 +306,41 @@ void forward(const Plan& p, const ForwardArgs& a) {
                            gh + 2 * H, GH);
             cell.forward2(st);
           }
+          if (zone) {
+            zn.index0 = static_cast<uint64_t>(t * N * H);
+            zn.h = st.h_out;
+            zn.ld_h = st.ld_ho;
+            zn.h_prev = st.h_prev;
+            zn.ld_hp = st.ld_hp;
+            if (cells) {
+              zn.c = st.c_out;
+              zn.ld_c = st.ld_co;
+              zn.c_prev = st.c_prev;
+              zn.ld_cp = st.ld_cp;
+            }
+            if (zn.p_out > 0.0f) {  // outputs ring: step s in row s % 2, zeros before the first
+              T* ring = ws + p.ws.zone;
+              zn.y = ring + (t & 1) * N * H;
+              zn.y_prev = first ? zeros : ring + (tp & 1) * N * H;
+              zn.ld_yp = first ? 0 : H;
+            }
+            zn.out = O.row(t) + dir * H;
+            zn.ld_out = O.sn;
+            if (copy_to_y) {
+              zn.out2 = Yuser.row(t) + dir * H;
+              zn.ld_out2 = Yuser.sn;
+            }
+            if (p.desc.residual) {
+              zn.x = X.row(t) + dir * H;
+              zn.ld_x = X.sn;
+            }
+            cell.zone_forward(zn);
+          }
         }
       }
 
       const int64_t t_last = net.time_of(dir, T_ - 1);
-      if (a.hy) copy_rows(static_cast<T*>(a.hy) + si * N * H, H, O.row(t_last) + dir * H, O.sn, N, H);
+      if (a.hy) copy_rows(static_cast<T*>(a.hy) + si * N * H, H, S.row(t_last), S.ld, N, H);
       if (a.cy && net.lstm) {
         const T* c_last = cells ? cells + t_last * N * H : cstate;
         copy_rows(static_cast<T*>(a.cy) + si * N * H, H, c_last, H, N, H);
@@ -312,6 +379,27 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
       const LayerParams off = layer_param_offsets(p.desc, l, dir);
       const T* w_ih = w + off.w_ih;
       const T* w_hh = w + off.w_hh;
+      const auto S = net.states(O, rs, ws, si, dir);
+      // Zoneout / residual: the gradient splits of the forward's epilogue, in workspace rows.
+      StepZone<T> zn;
+      const bool zone = net.sep;
+      if (zone) {
+        T* zw = ws + p.ws.zone;
+        zn.N = N;
+        zn.H = H;
+        zn.p_out = static_cast<float>(p.desc.zoneout_outputs);
+        zn.p_state = static_cast<float>(p.desc.zoneout_states);
+        zn.key_h = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kState));
+        zn.key_c = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kCell));
+        zn.key_o = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kOutput));
+        zn.carry = zw;
+        zn.dk = zw + N * H;
+        zn.skip_h = zw + 2 * N * H;
+        zn.skip_c = zw + 3 * N * H;
+        zn.dh = dh;
+        zn.dc = net.lstm ? dc : nullptr;
+        std::memset(zn.carry, 0, sizeof(T) * N * H);
+      }
       int64_t ld, ld_h0, ld_c0;
       const T* h0 = state_or_zero<T>(a.hx, si, N, H, zeros, &ld_h0);
       const T* c0 = state_or_zero<T>(a.cx, si, N, H, zeros, &ld_c0);
@@ -343,6 +431,16 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
         st.rec = p.desc.recurrent_activation;
         st.dy = dY.row(t) + dir * H;
         st.ld_dy = dY.sn;
+        if (zone) {
+          zn.index0 = static_cast<uint64_t>(t * N * H);
+          zn.dout = st.dy;
+          zn.ld_dout = st.ld_dy;
+          cell.zone_backward(zn);
+          if (zn.p_out > 0.0f) {
+            st.dy = zn.dk;
+            st.ld_dy = H;
+          }
+        }
         st.dh = dh;
         st.ld_dh = H;
         st.dc = dc;
@@ -350,15 +448,14 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
         st.gates = gates + t * N * net.SH;
         st.ld_g = net.SH;
         if (cells) {
-          st.c = cells + t * N * H;
+          // with zoneout states the saved cells are zoned: the kernel recomputes the unzoned one
+          st.c = zone && zn.p_state > 0.0f ? nullptr : cells + t * N * H;
           st.ld_c = H;
           st.c_prev = first ? c0 : cells + tp * N * H;
           st.ld_cp = first ? ld_c0 : H;
         }
-        st.h = O.row(t) + dir * H;
-        st.ld_h = O.sn;
-        st.h_prev = first ? h0 : O.row(tp) + dir * H;
-        st.ld_hp = first ? ld_h0 : O.sn;
+        st.h_prev = first ? h0 : S.row(tp);
+        st.ld_hp = first ? ld_h0 : S.ld;
         st.dg = grads + t * N * net.SH;
         st.ld_dg = net.SH;
         st.slots = p.gate_slots;
@@ -389,6 +486,10 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
           st.rec_mask = mh;
           cell.backward2(st);
         }
+        if (zone && zn.p_state > 0.0f) {  // the zoned-out elements' gradients skip this step
+          add_rows(dh, zn.skip_h, N * H);
+          if (net.lstm) add_rows(dc, zn.skip_c, N * H);
+        }
         if (mh) {
           cpu::gemm<T>(false, false, N, H, k_rec, T(1), st.dg, net.SH, w_hh, H, T(0), tmp, H);
           mask_rows(Rows<T>{dh, 0, H}, Rows<const T>{tmp, 0, H}, mh, 1, N, H, true);
@@ -412,6 +513,11 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
       }
       if (mx) mask_rows(dX, dXd.as_const(), mx, T_, N, cin, dir > 0);
     }
+    // Residual: the output's gradient reaches the input directly too.
+    if (p.desc.residual && dY.st + dY.sn > 0) {
+      for (int64_t t = 0; t < T_; ++t)
+        for (int64_t n = 0; n < N; ++n) add_rows(dX.row(t, n), dY.row(t, n), cin);
+    }
   }
 }
 
@@ -427,10 +533,13 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
     const int64_t cin = p.desc.layer_input_size(l);
     const Rows<const T> X = l == 0 ? Rows<const T>{static_cast<const T*>(a.x), a.x_st, a.x_sn}
                                    : net.grid(const_cast<T*>(rs) + p.reserve.out[l - 1]).as_const();
-    const Rows<const T> O = net.grid(const_cast<T*>(rs) + p.reserve.out[l]).as_const();
+    const Rows<T> Ow = net.grid(const_cast<T*>(rs) + p.reserve.out[l]);
     for (int dir = 0; dir < D; ++dir) {
       const int64_t si = p.reserve_index(l, dir);
       const LayerParams off = layer_param_offsets(p.desc, l, dir);
+      // the hidden states (h_{t-1} of the recurrent product), as rows with the direction applied
+      const auto Sd = net.states(Ow, const_cast<T*>(rs), nullptr, si, dir);
+      const Rows<const T> Hs{Sd.base, Sd.st, Sd.ld};
       const Rows<const T> dG = net.slots(const_cast<T*>(rs) + p.reserve.grads[si]).as_const();
       T* ws = static_cast<T*>(a.workspace);
       const T* mx = dropout_mask(p, ws, p.ws.drop_x, cin, p.desc.dropout, a.seed, l, dir,
@@ -462,9 +571,9 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
         for (int64_t t = 0; t < T_; ++t) {
           const bool first = t == net.time_of(dir, 0);
           const T* src = first ? (a.hx ? static_cast<const T*>(a.hx) + si * N * H : nullptr)
-                               : O.row(net.prev_of(dir, t)) + dir * H;
+                               : Hs.row(net.prev_of(dir, t));
           if (src) {
-            mask_rows(Hm.shifted(t), Rows<const T>{src, 0, first ? H : O.sn}, mh, 1, N, H, false);
+            mask_rows(Hm.shifted(t), Rows<const T>{src, 0, first ? H : Hs.sn}, mh, 1, N, H, false);
           } else {
             std::memset(Hm.row(t), 0, sizeof(T) * N * H);
           }
@@ -473,7 +582,7 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
       } else {
         if (T_ > 1) {
           const Rows<const T> dGh = dir == 0 ? dG.shifted(1) : dG;
-          const Rows<const T> Hp = dir == 0 ? O.shifted(0, dir * H) : O.shifted(1, dir * H);
+          const Rows<const T> Hp = dir == 0 ? Hs : Hs.shifted(1);
           gemm_rows_tn<T>(T_ - 1, N, dGh, m_rec, Hp, H, dw + off.w_hh, H);
         }
         if (a.hx && T_ > 0) {

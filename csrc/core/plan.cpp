@@ -88,6 +88,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
       p.ws.hdrop = ws.take(2, N, H);
     }
   }
+  if (desc.residual || desc.zoneout()) p.ws.zone = ws.take(4, N, H);
   if (training) {
     p.ws.dh = ws.take(N, H);
     p.ws.dc = ws.take(N, H);
@@ -107,6 +108,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
         p.reserve.gates.push_back(rs.take(T, N, SH));
         p.reserve.cells.push_back(lstm ? rs.take(T, N, H) : -1);
         p.reserve.grads.push_back(rs.take(T, N, SH));
+        p.reserve.states.push_back(desc.separate_states(true) ? rs.take(T, N, H) : -1);
       }
     }
     p.reserve_bytes = rs.bytes();

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "fusedrnn/fusedrnn.h"
+#include "fusedrnn/random.h"
 
 namespace fusedrnn {
 
@@ -45,9 +46,10 @@ struct StepBackward {
                                                  // dh_{t-1} not through W_hh (GRU z*dh; masked: dh)
   T* dc = nullptr;           int64_t ld_dc = 0;  // LSTM in: dc from the later step; out: dc earlier
   const T* gates = nullptr;  int64_t ld_g = 0;   // saved gates of this step
-  const T* c = nullptr;      int64_t ld_c = 0;   // LSTM: this step's cell state
+  const T* c = nullptr;      int64_t ld_c = 0;   // LSTM: this step's cell state (null: recompute
+                                                 // it from the gates and c_prev; with zoneout the
+                                                 // saved cell state is the zoned one)
   const T* c_prev = nullptr; int64_t ld_cp = 0;  // LSTM: the previous cell state
-  const T* h = nullptr;      int64_t ld_h = 0;   // RNN: this step's hidden output
   const T* h_prev = nullptr; int64_t ld_hp = 0;  // GRU: the previous hidden state
   const T* drh = nullptr;    int64_t ld_drh = 0; // GRU reset-before part 2: d(r*h) = dn W_hn
   const T* h_rec = nullptr;  int64_t ld_hrec = 0; // GRU reset-before part 2: h as the product saw it
@@ -59,6 +61,34 @@ struct StepBackward {
   bool zero_masked_output = false;               // masked rows ignore dy (their output was 0)
 };
 
+// Zoneout and residual around one step of any cell type (forward: after the cell's step, on the rows
+// it just wrote; backward: before the cell's step). Masks are drawn from the stream keys per element
+// (fusedrnn/random.h), index0 + n*H + j for row n. A probability of 0 disables that zoneout.
+template <typename T>
+struct StepZone {
+  int64_t N = 0, H = 0;
+  float p_out = 0.0f, p_state = 0.0f;
+  uint64_t key_h = 0, key_c = 0, key_o = 0, index0 = 0;
+  // forward
+  T* h = nullptr;            int64_t ld_h = 0;   // in: the cell's new h; out: zoned h
+  const T* h_prev = nullptr; int64_t ld_hp = 0;
+  T* c = nullptr;            int64_t ld_c = 0;   // LSTM: in the new c, out zoned c
+  const T* c_prev = nullptr; int64_t ld_cp = 0;
+  T* y = nullptr;                                // zoneout outputs: (N, H) this step's output
+  const T* y_prev = nullptr; int64_t ld_yp = 0;  // zoneout outputs: the previous output
+  T* out = nullptr;          int64_t ld_out = 0; // the layer output row: y (+ x)
+  T* out2 = nullptr;         int64_t ld_out2 = 0; // optional copy of it
+  const T* x = nullptr;      int64_t ld_x = 0;   // residual: the input slice added to the output
+  // backward (N, H) rows, stride H except dout
+  const T* dout = nullptr;   int64_t ld_dout = 0; // gradient of this step's output
+  T* carry = nullptr;        // zoneout outputs: gradient reaching this step's output from later steps
+  T* dk = nullptr;           // out: the output path's gradient of the cell's new h
+  T* dh = nullptr;           // in: gradient of the zoned h; out: the part reaching the new h
+  T* dc = nullptr;           // LSTM likewise for c
+  T* skip_h = nullptr;       // out: the part of dh that goes to h_{t-1} unchanged
+  T* skip_c = nullptr;
+};
+
 // One cell type's step functions. GRU reset-before splits each direction into two parts around a
 // second GEMM (the n-gate's recurrent product needs r first); the others leave part 2 null.
 template <typename T>
@@ -68,6 +98,8 @@ struct CellFns {
   void (*forward2)(const StepForward<T>&) = nullptr;
   void (*backward)(const StepBackward<T>&) = nullptr;
   void (*backward2)(const StepBackward<T>&) = nullptr;
+  void (*zone_forward)(const StepZone<T>&) = nullptr;
+  void (*zone_backward)(const StepZone<T>&) = nullptr;
 };
 
 struct CellKernels {

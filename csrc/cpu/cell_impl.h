@@ -105,6 +105,20 @@ struct ActLinear {
   template <typename T> static T d(T) { return T(1); }
 };
 
+struct ActSoftrelu {  // MXNet softrelu: log(1 + e^x), overflow-free; f' = sigmoid(x) = 1 - e^{-y}
+  template <typename T> static T f(T x) {
+    return (x > T(0) ? x : T(0)) + std::log1p(std::exp(-(x < T(0) ? -x : x)));
+  }
+  template <typename T> static T d(T y) { return -std::expm1(-y); }
+};
+struct ActSoftsign {  // x / (1 + |x|); f' = 1 / (1 + |x|)^2 = (1 - |y|)^2
+  template <typename T> static T f(T x) { return x / (T(1) + (x < T(0) ? -x : x)); }
+  template <typename T> static T d(T y) {
+    T a = T(1) - (y < T(0) ? -y : y);
+    return a * a;
+  }
+};
+
 template <typename Fn>
 static inline void with_act(Activation a, const Fn& fn) {
   switch (a) {
@@ -113,6 +127,8 @@ static inline void with_act(Activation a, const Fn& fn) {
     case Activation::kHardSigmoid: return fn(ActHardSigmoid{});
     case Activation::kRelu: return fn(ActRelu{});
     case Activation::kLinear: return fn(ActLinear{});
+    case Activation::kSoftrelu: return fn(ActSoftrelu{});
+    case Activation::kSoftsign: return fn(ActSoftsign{});
   }
 }
 
@@ -210,8 +226,10 @@ static void lstm_forward(const StepForward<T>& s) {
   });
 }
 
-template <typename T>
-static void lstm_backward(const StepBackward<T>& s) {
+// Recompute: the cell state is not saved as the forward computed it (zoneout saves the zoned one), so
+// it is rebuilt from the saved gates and c_prev with the forward's expression.
+template <typename T, bool Recompute>
+static void lstm_backward_rows(const StepBackward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
     if (is_masked(s, n)) return pass_through(s, n);
@@ -219,7 +237,7 @@ static void lstm_backward(const StepBackward<T>& s) {
     T* dh = s.dh + n * s.ld_dh;
     T* dc = s.dc + n * s.ld_dc;
     const T* g = s.gates + n * s.ld_g;
-    const T* c = s.c + n * s.ld_c;
+    const T* c = Recompute ? nullptr : s.c + n * s.ld_c;
     const T* cp = s.c_prev + n * s.ld_cp;
     T* dg = s.dg + n * s.ld_dg;
     with_act(s.act, [&](auto A) {
@@ -229,7 +247,13 @@ static void lstm_backward(const StepBackward<T>& s) {
         T gi = g[j], gf = g[H + j], gg = g[2 * H + j], go = g[3 * H + j];
         T dhv = dy[j] + dh[j];
         dh[j] = T(0);  // all of dh_{t-1} comes through W_hh
-        T ac = Act::f(c[j]);
+        T cv;
+        if constexpr (Recompute) {
+          cv = g[H + j] * cp[j] + g[j] * g[2 * H + j];
+        } else {
+          cv = c[j];
+        }
+        T ac = Act::f(cv);
         T dcv = dc[j] + dhv * go * Act::d(ac);
         dc[j] = dcv * gf;
         dg[j] = dcv * gg;
@@ -245,6 +269,15 @@ static void lstm_backward(const StepBackward<T>& s) {
       scale_by_derivative<Rec>(dg + 3 * H, g + 3 * H, H);
     });
   });
+}
+
+template <typename T>
+static void lstm_backward(const StepBackward<T>& s) {
+  if (s.c) {
+    lstm_backward_rows<T, false>(s);
+  } else {
+    lstm_backward_rows<T, true>(s);
+  }
 }
 
 // ---- GRU, reset after (cuDNN / PyTorch / Keras default) --------------------------------------------
@@ -410,15 +443,17 @@ static void gru_rb_backward2(const StepBackward<T>& s) {
 }
 
 // ---- vanilla RNN ------------------------------------------------------------------------------------
-template <typename T>
+// Training saves the new h in the gate row as well (backward needs it; the state rows may hold a
+// zoned value instead).
+template <typename T, bool Train>
 static void rnn_forward(const StepForward<T>& s) {
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
     if (is_masked(s, n)) return keep_state(s, n);
     T* ho = s.h_out + n * s.ld_ho;
-    with_act(s.act, [&](auto A) {
-      gate_block<decltype(A)>(ho, s.gx + n * s.ld_gx, s.gh + n * s.ld_gh, s.bias, H);
-    });
+    T* g = s.gx + n * s.ld_gx;
+    with_act(s.act, [&](auto A) { gate_block<decltype(A)>(ho, g, s.gh + n * s.ld_gh, s.bias, H); });
+    if constexpr (Train) copy_row(g, ho, H);
     if (s.y_out) copy_row(s.y_out + n * s.ld_yo, ho, H);
   });
 }
@@ -430,7 +465,7 @@ static void rnn_backward(const StepBackward<T>& s) {
     if (is_masked(s, n)) return pass_through(s, n);
     const T* dy = s.dy + n * s.ld_dy;
     T* dh = s.dh + n * s.ld_dh;
-    const T* h = s.h + n * s.ld_h;
+    const T* h = s.gates + n * s.ld_g;
     T* dg = s.dg + n * s.ld_dg;
     with_act(s.act, [&](auto A) {
       using Act = decltype(A);
@@ -440,6 +475,93 @@ static void rnn_backward(const StepBackward<T>& s) {
         dh[j] = T(0);  // all of dh_{t-1} comes through W_hh
       }
     });
+  });
+}
+
+// ---- zoneout and residual ---------------------------------------------------------------------------
+// Forward, after the cell's step: the output y = keep_o ? h_new : y_prev (zoneout outputs, else h_new),
+// the layer output y (+ x), then the states blended in place: h = keep_h ? h_new : h_prev, and
+// likewise c with its own mask. Each mask element is one counter-based uniform (not vectorised; the
+// cost is only paid when zoneout is on).
+template <typename T>
+static void zone_forward(const StepZone<T>& s) {
+  const int64_t H = s.H;
+  const bool zo = s.p_out > 0.0f, zs = s.p_state > 0.0f;
+  for_rows(s.N, [&](int64_t n) {
+    T* h = s.h + n * s.ld_h;
+    const T* hp = s.h_prev + n * s.ld_hp;
+    T* out = s.out + n * s.ld_out;
+    const T* x = s.x ? s.x + n * s.ld_x : nullptr;
+    const uint64_t i0 = s.index0 + static_cast<uint64_t>(n * H);
+    if (zo) {
+      T* y = s.y + n * H;
+      const T* yp = s.y_prev + n * s.ld_yp;
+      for (int64_t j = 0; j < H; ++j)
+        y[j] = uniform01_key(s.key_o, i0 + j) >= s.p_out ? h[j] : yp[j];
+      if (x) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) out[j] = y[j] + x[j];
+      } else {
+        copy_row(out, y, H);
+      }
+    } else if (x) {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) out[j] = h[j] + x[j];
+    } else {
+      copy_row(out, h, H);
+    }
+    if (s.out2) copy_row(s.out2 + n * s.ld_out2, out, H);
+    if (zs) {
+      for (int64_t j = 0; j < H; ++j)
+        if (uniform01_key(s.key_h, i0 + j) < s.p_state) h[j] = hp[j];
+      if (s.c) {
+        T* c = s.c + n * s.ld_c;
+        const T* cp = s.c_prev + n * s.ld_cp;
+        for (int64_t j = 0; j < H; ++j)
+          if (uniform01_key(s.key_c, i0 + j) < s.p_state) c[j] = cp[j];
+      }
+    }
+  });
+}
+
+// Backward, before the cell's step: splits the output gradient (plus the carry from later outputs)
+// into the part reaching h_new (dk) and the part carried to the previous output; splits dh and dc into
+// the part reaching the new state and the part that skips to the previous one.
+template <typename T>
+static void zone_backward(const StepZone<T>& s) {
+  const int64_t H = s.H;
+  const bool zo = s.p_out > 0.0f, zs = s.p_state > 0.0f;
+  for_rows(s.N, [&](int64_t n) {
+    const uint64_t i0 = s.index0 + static_cast<uint64_t>(n * H);
+    if (zo) {
+      const T* d = s.dout + n * s.ld_dout;
+      T* carry = s.carry + n * H;
+      T* dk = s.dk + n * H;
+      for (int64_t j = 0; j < H; ++j) {
+        const T g = d[j] + carry[j];
+        const bool keep = uniform01_key(s.key_o, i0 + j) >= s.p_out;
+        dk[j] = keep ? g : T(0);
+        carry[j] = keep ? T(0) : g;
+      }
+    }
+    if (zs) {
+      T* dh = s.dh + n * H;
+      T* sh = s.skip_h + n * H;
+      for (int64_t j = 0; j < H; ++j) {
+        const bool keep = uniform01_key(s.key_h, i0 + j) >= s.p_state;
+        sh[j] = keep ? T(0) : dh[j];
+        dh[j] = keep ? dh[j] : T(0);
+      }
+      if (s.dc) {
+        T* dc = s.dc + n * H;
+        T* sc = s.skip_c + n * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const bool keep = uniform01_key(s.key_c, i0 + j) >= s.p_state;
+          sc[j] = keep ? T(0) : dc[j];
+          dc[j] = keep ? dc[j] : T(0);
+        }
+      }
+    }
   });
 }
 
@@ -466,10 +588,13 @@ static CellFns<T> fns_for(CellKind kind) {
       f.backward2 = &gru_rb_backward2<T>;
       break;
     case CellKind::kRnn:
-      f.forward_infer = f.forward_train = &rnn_forward<T>;
+      f.forward_infer = &rnn_forward<T, false>;
+      f.forward_train = &rnn_forward<T, true>;
       f.backward = &rnn_backward<T>;
       break;
   }
+  f.zone_forward = &zone_forward<T>;
+  f.zone_backward = &zone_backward<T>;
   return f;
 }
 

@@ -64,10 +64,13 @@ def memory(
     zero_masked_output: bool = False,
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
+    zoneout_outputs: float = 0.0,
+    zoneout_states: float = 0.0,
+    residual: bool = False,
 ) -> Memory:
     """Bytes of scratch and reserve that forward (and backward) of this shape and these options
     use, known up front (the options that change them: training, reset_after, zero_masked_output,
-    dropout, recurrent_dropout)."""
+    dropout, recurrent_dropout, zoneout_outputs, zoneout_states, residual)."""
     check_mode(mode)
     dtype = np.dtype(dtype)
     if dtype not in chk.FLOAT_DTYPES:
@@ -85,6 +88,7 @@ def memory(
         zero_masked_output=chk.flag("zero_masked_output", zero_masked_output),
         dropout=_rate("dropout", dropout),
         recurrent_dropout=_rate("recurrent_dropout", recurrent_dropout),
+        **_zone_options(zoneout_outputs, zoneout_states, residual),
         **_cell_options(mode, None, None, reset_after),
     )
     return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))
@@ -143,6 +147,9 @@ def forward(
     zero_masked_output: bool = False,
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
+    zoneout_outputs: float = 0.0,
+    zoneout_states: float = 0.0,
+    residual: bool = False,
     seed: Optional[int] = None,
 ) -> ForwardResult:
     """Runs the network over a sequence.
@@ -154,7 +161,8 @@ def forward(
 
     Cell options: ``activation`` (LSTM g and c, GRU n, RNN h; default tanh, relu for rnn_relu) and
     ``recurrent_activation`` (LSTM i, f, o; GRU r, z; default sigmoid), each one of 'tanh',
-    'sigmoid', 'hard_sigmoid' (Keras 3: clip(x/6 + 1/2, 0, 1)), 'relu', 'linear'; ``reset_after``
+    'sigmoid', 'hard_sigmoid' (Keras 3: clip(x/6 + 1/2, 0, 1)), 'relu', 'linear', 'softrelu'
+    (MXNet: log(1 + e^x)), 'softsign' (x / (1 + |x|)); ``reset_after``
     (GRU: False applies the reset gate before the recurrent product, as Keras reset_after=False and
     ONNX do).
 
@@ -168,6 +176,14 @@ def forward(
     state before the recurrent product (N, H), per layer and direction, scaled by 1/(1 - rate). The
     masks are a pure function of ``seed`` and position (same seed, same masks, whatever the thread
     count); ``seed=None`` draws one.
+
+    zoneout_outputs, zoneout_states: probabilities in [0, 1] of zoneout (MXNet ZoneoutCell), in
+    ``training`` only: per step and element, the state (h, and c independently) keeps its previous
+    value with probability ``zoneout_states``, and the output keeps the previous step's output (zero
+    before the first) with probability ``zoneout_outputs``; otherwise the output is the cell's new h
+    (before state zoneout). Masks come from ``seed`` like dropout's. residual: each layer's output
+    is its output plus its input (MXNet ResidualCell; needs input features == directions *
+    hidden_size). Both run inside the fused step; neither combines with ``mask``.
     """
     check_mode(mode)
     options = _cell_options(mode, activation, recurrent_activation, reset_after)
@@ -205,9 +221,17 @@ def forward(
     zero_masked_output = chk.flag("zero_masked_output", zero_masked_output)
     rates = {name: _rate(name, value) for name, value in
              (("dropout", dropout), ("recurrent_dropout", recurrent_dropout))}
+    zone = _zone_options(zoneout_outputs, zoneout_states, residual)
+    if zone["residual"] and C != D * H:
+        raise ValueError(f"residual: the input is added to the output, so x needs directions * "
+                         f"hidden_size = {D * H} features, got {C}")
+    if (zone["residual"] or zone["zoneout_outputs"] > 0 or zone["zoneout_states"] > 0) \
+            and mask is not None:
+        raise ValueError("mask: not supported together with zoneout or residual")
     if seed is not None:
         seed = chk.size("seed", seed, 0)
-    elif training and (rates["dropout"] > 0 or rates["recurrent_dropout"] > 0):
+    elif training and (rates["dropout"] > 0 or rates["recurrent_dropout"] > 0
+                       or zone["zoneout_outputs"] > 0 or zone["zoneout_states"] > 0):
         seed = int(np.random.default_rng().integers(0, 2**63))
     else:
         seed = 0  # no masks are drawn
@@ -224,7 +248,7 @@ def forward(
             m = m.astype(np.bool_)
         mask_t = _time_major(m, batch_first).view(np.uint8)
     plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
-                   zero_masked_output=zero_masked_output, **rates, **options)
+                   zero_masked_output=zero_masked_output, **rates, **zone, **options)
     y = np.empty((N, T, D * H) if batch_first else (T, N, D * H), dtype=dtype)
     hN = np.empty(state_shape, dtype=dtype)
     cN = np.empty(state_shape, dtype=dtype) if mode == "lstm" else None
@@ -242,6 +266,21 @@ def _rate(name: str, value) -> float:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name}: expected a rate in [0, 1), got {value}")
     return value
+
+
+def _probability(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a float in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
+    return value
+
+
+def _zone_options(zoneout_outputs, zoneout_states, residual) -> dict:
+    return dict(zoneout_outputs=_probability("zoneout_outputs", zoneout_outputs),
+                zoneout_states=_probability("zoneout_states", zoneout_states),
+                residual=chk.flag("residual", residual))
 
 
 def _check_ctx(ctx) -> Context:

@@ -17,7 +17,7 @@ from . import _C
 from . import _checks as chk
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
+ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "softrelu", "softsign")
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 

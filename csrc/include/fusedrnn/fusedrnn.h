@@ -25,8 +25,9 @@ namespace fusedrnn {
 
 enum class Mode { kLstm, kGru, kRnnTanh, kRnnRelu };
 // Activations selectable for the cell (`activation`: LSTM g and c, GRU n, RNN h) and the gates
-// (`recurrent_activation`: LSTM i, f, o; GRU r, z). hard_sigmoid is Keras 3's: clip(x/6 + 1/2, 0, 1).
-enum class Activation { kTanh, kSigmoid, kHardSigmoid, kRelu, kLinear };
+// (`recurrent_activation`: LSTM i, f, o; GRU r, z). hard_sigmoid is Keras 3's: clip(x/6 + 1/2, 0, 1);
+// softrelu is MXNet's log(1 + e^x) (softplus), softsign x / (1 + |x|).
+enum class Activation { kTanh, kSigmoid, kHardSigmoid, kRelu, kLinear, kSoftrelu, kSoftsign };
 enum class DType { kFloat32, kFloat64 };
 enum class ExecutorKind { kLoop };  // the unrolled executor joins here
 
@@ -36,7 +37,8 @@ DType parse_dtype(const std::string& name);  // "float32" | "float64"
 std::string dtype_name(DType dtype);
 std::size_t dtype_size(DType dtype);
 int num_gates(Mode mode);  // G
-Activation parse_activation(const std::string& name);  // "tanh" | "sigmoid" | "hard_sigmoid" | "relu" | "linear"
+// "tanh" | "sigmoid" | "hard_sigmoid" | "relu" | "linear" | "softrelu" | "softsign"
+Activation parse_activation(const std::string& name);
 std::string activation_name(Activation act);
 Activation default_activation(Mode mode);  // relu for rnn_relu, tanh otherwise
 
@@ -61,7 +63,21 @@ struct RnnDesc {
   // direction, drawn from (seed, position) by fusedrnn/random.h; inverted scaling 1/(1 - rate).
   double dropout = 0.0;
   double recurrent_dropout = 0.0;
+  // Zoneout (MXNet ZoneoutCell, Krueger et al. 2016), training only: per step and element, the state
+  // (h, and c for LSTM, independently) keeps its previous value with probability zoneout_states, and
+  // the output keeps the previous step's output (zero before the first) with probability
+  // zoneout_outputs; the output is otherwise the cell's new h, before state zoneout. No scaling.
+  // Masks come from (seed, position) like dropout's.
+  double zoneout_outputs = 0.0;
+  double zoneout_states = 0.0;
+  // Residual (MXNet ResidualCell): each layer's output is its (zoned) output plus its input, direction
+  // d adding input features [d*H, (d+1)*H); needs input_size == directions * hidden_size. The
+  // recurrence runs on the states, without the sum.
+  bool residual = false;
 
+  bool zoneout() const { return zoneout_outputs > 0.0 || zoneout_states > 0.0; }
+  // Whether a layer's output differs from its hidden state, so the states need rows of their own.
+  bool separate_states(bool training) const { return residual || (training && zoneout()); }
   bool gru_reset_before() const { return mode == Mode::kGru && !reset_after; }
   int directions() const { return bidirectional ? 2 : 1; }
   int64_t layer_input_size(int64_t layer) const {
@@ -116,6 +132,7 @@ struct Plan {
     std::vector<int64_t> gates;  // per (layer, dir): saved gates (T, N, gate_slots*H)
     std::vector<int64_t> cells;  // per (layer, dir): LSTM cell states (T, N, H)
     std::vector<int64_t> grads;  // per (layer, dir): gate gradients (T, N, gate_slots*H)
+    std::vector<int64_t> states; // per (layer, dir), zoneout / residual: hidden states (T, N, H)
   } reserve;
   struct WorkspaceMap {
     int64_t gx = -1;        // inference: input projection of one chunk (chunk_t, N, G*H)
@@ -134,6 +151,9 @@ struct Plan {
                             // (T, N, max(C_in, H))
     int64_t hdrop = -1;     // recurrent dropout: masked h_{t-1} and a GEMM scratch (2, N, H)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
+    int64_t zone = -1;      // zoneout / residual (4, N, H): inference a ring of two hidden-state
+                            // rows; training forward a ring of two output rows; backward the output
+                            // carry, the output-path dh, and the h and c gradients that skip a step
   } ws;
 
   const CellKernels* kernels = nullptr;
