@@ -98,6 +98,8 @@ FORWARD_CASES = [
     ("SimpleRNN", dict(go_backwards=True, zero_output_for_mask=True, return_state=True), "left",
      False),
     ("SimpleRNN", {}, None, False),
+    ("SimpleRNN", dict(return_sequences=True, activation="softplus"), None, True),
+    ("GRU", dict(return_sequences=True, activation="softsign"), "gaps", False),
 ]
 
 

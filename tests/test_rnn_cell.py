@@ -20,8 +20,10 @@ from mxnet_env import run_mxnet
 N, T, C, H = 3, 5, 4, 6
 F32 = dict(rtol=2e-5, atol=2e-5)
 F64 = dict(rtol=1e-10, atol=1e-10)
-G = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-PREFIX = {"lstm": "lstm_", "gru": "gru_", "rnn_tanh": "rnn_", "rnn_relu": "rnn_"}
+# rnn_<act>: RNNCell(activation=<act>), every MXNet act_type the fused kernels run
+RNN_KINDS = ("rnn_tanh", "rnn_relu", "rnn_sigmoid", "rnn_softrelu", "rnn_softsign")
+G = {"lstm": 4, "gru": 3, **{k: 1 for k in RNN_KINDS}}
+PREFIX = {"lstm": "lstm_", "gru": "gru_", **{k: "rnn_" for k in RNN_KINDS}}
 
 
 def _rng(*key):
@@ -249,7 +251,7 @@ def mx():
     fz["sizes_lstm1"] = fusedrnn.param_size("lstm", 4, FH, 1, False)
     return run_mxnet(
         MX_SCRIPT,
-        single_cases={k: single_case(k) for k in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
+        single_cases={k: single_case(k) for k in ("lstm", "gru") + RNN_KINDS},
         fused=fz,
         composite=composite_case(),
     )
@@ -265,7 +267,7 @@ def close(actual, expected, what, **tol):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("kind", ("lstm", "gru") + RNN_KINDS)
 def test_cell_unroll_and_grads_match_mxnet(mx, kind):
     case, want = single_case(kind), mx["single"][kind]
     cell = make_cell(kind, H)
@@ -754,6 +756,80 @@ def test_zoneout_and_dropout_semantics():
     np.testing.assert_array_equal(d.unroll(T, np.ones((N, T, 4)))[0], 1.0)
 
 
+def _chain_reference(gate, x_tnc, begin, seed, p_out, p_state, residual, dy, ds):
+    """The float64 reference of a fused chain around gate cell ``gate`` with fusedrnn's masks."""
+    from test_zoneout import zoneout_masks_like_fusedrnn
+    Tn, Nn, Cn = x_tnc.shape
+    Hn, mode = gate._num_hidden, gate._mode
+    w = gate._weights(Cn, np.dtype(np.float64))[0].astype(np.float64)
+    masks = zoneout_masks_like_fusedrnn(seed, 1, 1, Tn, Nn, Hn, p_out, p_state, mode == "lstm")
+    h0 = begin[0][None]
+    c0 = begin[1][None] if mode == "lstm" else None
+    y, hN, cN, cache = ref.forward(x_tnc, w, mode, Hn, h0=h0, c0=c0, zoneout_masks=masks,
+                                   residual=residual, activation=gate._fused_activation)
+    g = ref.backward(cache, dy, ds[0][None], None if cN is None else ds[1][None])
+    return y, [hN[0]] + ([cN[0]] if cN is not None else []), g
+
+
+@pytest.mark.parametrize("kind,p_out,p_state,residual,outer_residual", [
+    ("lstm", 0.3, 0.4, False, False), ("gru", 0.0, 0.5, True, True),
+    ("rnn_tanh", 0.4, 0.0, True, True), ("lstm", 0.0, 0.3, True, False)])
+def test_zoneout_and_residual_run_in_one_fused_call(monkeypatch, kind, p_out, p_state, residual,
+                                                    outer_residual):
+    """ZoneoutCell / ResidualCell around a built-in cell: unroll is one fused call whose zoneout
+    masks come from (seed drawn from the ZoneoutCell's rng, position), matching the float64
+    reference run with those masks, forward and backward; outer_residual: Residual(Zoneout(cell)),
+    else Zoneout(Residual(cell)) (fusable when only the states are zoned)."""
+    rng = _rng("chain", kind, p_out, p_state, residual)
+    Hn = 7
+    gate = make_cell(kind, Hn)
+    cell = rnn.ZoneoutCell(gate, p_out, p_state, rng=11) if not residual else None
+    if residual:
+        cell = (rnn.ResidualCell(rnn.ZoneoutCell(gate, p_out, p_state, rng=11)) if outer_residual
+                else rnn.ZoneoutCell(rnn.ResidualCell(gate), p_out, p_state, rng=11))
+    x = rng.standard_normal((N, T, Hn))
+    cell.unroll(T, x)
+    randomize(cell, rng)
+    begin = [rng.standard_normal((N, Hn)) for _ in range(2 if kind == "lstm" else 1)]
+    calls = _Counting(monkeypatch)
+    y, states = cell.unroll(T, x, begin_state=begin, merge_outputs=True, training=True)
+    assert calls.lengths == [T]  # one fused call for the whole chain
+    dy = rng.standard_normal(y.shape)
+    ds = [rng.standard_normal((N, Hn)) for _ in begin]
+    dx, dbegin = cell.backward(dy, ds)
+    seed = int(np.random.default_rng(11).integers(0, 2**62))
+    want_y, want_s, g = _chain_reference(gate, x.swapaxes(0, 1), begin, seed, p_out, p_state,
+                                         residual, dy.swapaxes(0, 1), ds)
+    np.testing.assert_allclose(y, want_y.swapaxes(0, 1), **F64)
+    for a, b in zip(states, want_s):
+        np.testing.assert_allclose(a, b, **F64)
+    np.testing.assert_allclose(dx, g[0].swapaxes(0, 1), **F64)
+    for a, b in zip(dbegin, [g[1][0]] + ([g[2][0]] if kind == "lstm" else [])):
+        np.testing.assert_allclose(a, b, **F64)
+    pieces = gate._weights(Hn, np.dtype(np.float64))[1]
+    for prm, q in zip(gate._param_list(), pieces):
+        np.testing.assert_allclose(prm.grad.reshape(-1), g[3][q.offset:q.offset + q.size], **F64)
+    # the masks did something, and inference has no zoneout
+    inf, _ = cell.unroll(T, x, begin_state=begin, merge_outputs=True)
+    assert not np.allclose(inf, y)
+    gate._modified = False
+    base_y = gate.unroll(T, x, begin_state=begin, merge_outputs=True)[0]
+    gate._modified = True
+    np.testing.assert_allclose(inf, base_y + (x if residual else 0), **F64)
+
+
+def test_zoneout_of_a_residual_sum_steps_in_python(monkeypatch):
+    """ZoneoutCell(ResidualCell(cell)) with output zoneout zones the sum: not the kernel's order
+    (zoneout, then the sum), so it unrolls by Python-level steps, as MXNet does."""
+    cell = rnn.ZoneoutCell(rnn.ResidualCell(rnn.GRUCell(H)), zoneout_outputs=0.3, rng=1)
+    x = _rng("zr").standard_normal((N, T, H))
+    calls = _Counting(monkeypatch)
+    y, _ = cell.unroll(T, x, training=True)
+    assert calls.lengths == [1] * T
+    dx, _ = cell.backward(np.ones_like(y))
+    assert dx.shape == x.shape
+
+
 def test_param_sharing_and_names():
     shared = rnn.RNNParams("shared_")
     a = rnn.LSTMCell(H, prefix="a_", params=shared)
@@ -830,7 +906,7 @@ def test_errors():
     with pytest.raises(ValueError, match="dropout"):
         rnn.FusedRNNCell(H, num_layers=2, dropout=1.0)
     with pytest.raises(ValueError, match="activation"):
-        rnn.RNNCell(H, activation="softrelu")
+        rnn.RNNCell(H, activation="softmax")
     with pytest.raises(KeyError, match="no such parameter"):
         cell.params["lstm_nope"]
     with pytest.raises(ValueError, match="not created yet"):

@@ -78,7 +78,7 @@ import numpy as np
 from . import _checks as chk
 from . import converters as cv
 from . import functional
-from .layout import ACTIVATIONS, param_layout, param_size
+from .layout import param_layout, param_size
 
 __all__ = ["LSTM", "GRU", "SimpleRNN", "Bidirectional", "LSTMCell", "GRUCell", "SimpleRNNCell",
            "StackedRNNCells", "RNN"]
@@ -122,21 +122,28 @@ def _check_seed(value):
     return int(value)
 
 
+# Keras' names of the kernels' activations (softplus is MXNet's softrelu).
+_KERAS_ACTIVATIONS = {"tanh": "tanh", "sigmoid": "sigmoid", "hard_sigmoid": "hard_sigmoid",
+                      "relu": "relu", "linear": "linear", "softplus": "softrelu",
+                      "softsign": "softsign"}
+
+
 def _activation_name(argname: str, value) -> str:
-    """An activation as the kernel names it: a name of ACTIVATIONS, None (Keras: linear), or a
-    function whose __name__ is one of those names (keras.activations.tanh, jnp.tanh, ...)."""
+    """An activation as the kernel names it, from a Keras name (_KERAS_ACTIVATIONS), None (Keras:
+    linear), or a function of such a name (keras.activations.tanh, jnp.tanh, ...)."""
+    names = ", ".join(map(repr, _KERAS_ACTIVATIONS))
     if value is None:
         return "linear"
     if isinstance(value, str):
-        if value in ACTIVATIONS:
-            return value
-        raise ValueError(f"{argname}: expected one of {', '.join(map(repr, ACTIVATIONS))} (or a "
-                         f"function of that name), got {value!r}")
+        if value in _KERAS_ACTIVATIONS:
+            return _KERAS_ACTIVATIONS[value]
+        raise ValueError(f"{argname}: expected one of {names} (or a function of that name), "
+                         f"got {value!r}")
     name = getattr(value, "__name__", None)
-    if callable(value) and name in ACTIVATIONS:
-        return name
-    raise TypeError(f"{argname}: expected one of {', '.join(map(repr, ACTIVATIONS))} (or a "
-                    f"function of that name), got {value!r}")
+    if callable(value) and name in _KERAS_ACTIVATIONS:
+        return _KERAS_ACTIVATIONS[name]
+    raise TypeError(f"{argname}: expected one of {names} (or a function of that name), got "
+                    f"{value!r}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,10 +22,14 @@ How things run
   one per layer when training with dropout > 0 (MXNet's dropout between layers).
 * ``SequentialRNNCell``: one ``unroll`` per child (so one fused call per built-in child);
   ``BidirectionalCell``: one ``unroll`` per direction, on arrays (the reverse direction reads a
-  reversed view); ``ResidualCell.unroll``: its base cell's ``unroll`` plus the sum;
-  ``DropoutCell``: one vectorised op over the sequence.
-* ``ZoneoutCell`` and user-written cells that implement only ``__call__`` unroll through a Python
-  loop of steps (``BaseRNNCell.unroll``), as MXNet does; zoneout is not fused yet.
+  reversed view); ``DropoutCell``: one vectorised op over the sequence.
+* ``ZoneoutCell`` and ``ResidualCell`` around a built-in cell (also nested: Residual(Zoneout(cell)))
+  unroll as ONE fused call of that cell, zoneout and the residual sum applied in the kernel's step
+  (zoneout masks drawn from (a seed from the ZoneoutCell's ``rng``, position)). Around anything
+  else -- and ZoneoutCell(ResidualCell(cell)) with output zoneout, which zones the sum -- a
+  ResidualCell unrolls its base cell and adds, a ZoneoutCell steps in a Python loop.
+* User-written cells that implement only ``__call__`` unroll through a Python loop of steps
+  (``BaseRNNCell.unroll``), as MXNet does.
 
 Differences from MXNet (eager NumPy instead of symbols)
 -------------------------------------------------------
@@ -789,14 +793,14 @@ class _GateCell(BaseRNNCell):
             out.append(s[None])
         return out
 
-    def _run(self, x, batch_first, states, training, who):
+    def _run(self, x, batch_first, states, training, who, core=None):
         C = x.shape[2]
         N = x.shape[0] if batch_first else x.shape[1]
         flat, pieces = self._weights(C, x.dtype)
         st = self._check_states(states, N, x.dtype, who)
         res = F.forward(x, flat, mode=self._mode, hidden_size=self._num_hidden, h0=st[0],
                         c0=st[1] if len(st) > 1 else None, batch_first=batch_first,
-                        training=training, activation=self._fused_activation)
+                        training=training, activation=self._fused_activation, **(core or {}))
         new_states = [res.hN[0]] + ([res.cN[0]] if res.cN is not None else [])
         return res.y, new_states, res.ctx, pieces
 
@@ -813,12 +817,21 @@ class _GateCell(BaseRNNCell):
 
     def unroll(self, length, inputs, begin_state=None, layout="NTC", merge_outputs=None,
                training: bool = False):
+        return self._fused_unroll(length, inputs, begin_state, layout, merge_outputs, training)
+
+    def _fused_unroll(self, length, inputs, begin_state, layout, merge_outputs, training,
+                      core=None, check=None):
+        """unroll as one fused call; ``core``: extra options of the core (zoneout, residual, seed)
+        from the modifier cells around this one; ``check(x)`` validates the input first."""
         self.reset()
         merge_outputs = _check_merge(merge_outputs)
         x, axis, was_list = _seq_to_array(length, inputs, layout)
+        if check is not None:
+            check(x)
         if begin_state is None:
             begin_state = self.begin_state(batch_size=x.shape[1 - axis], dtype=x.dtype)
-        y, states, ctx, pieces = self._run(x, axis == 1, begin_state, training, "begin_state")
+        y, states, ctx, pieces = self._run(x, axis == 1, begin_state, training, "begin_state",
+                                           core)
         if training:
             self._tape.append(("unroll", dict(ctx=ctx, pieces=pieces, axis=axis, was_list=was_list,
                                               y_shape=y.shape)))
@@ -878,8 +891,8 @@ _RNN_ACTIVATIONS = {"tanh": ("rnn_tanh", None), "relu": ("rnn_relu", None)}
 class RNNCell(_GateCell):
     """Simple recurrent cell (MXNet's RNNCell): h' = act(x W_i2h^T + b_i2h + h W_h2h^T + b_h2h).
 
-    activation: 'tanh' (default), 'relu', or 'sigmoid' (MXNet act_types the kernels have; also
-    'hard_sigmoid', 'linear'). Parameters '{prefix}i2h_weight' (H, C), '{prefix}i2h_bias' (H,),
+    activation: MXNet's act_types 'tanh' (default), 'relu', 'sigmoid', 'softrelu', 'softsign'
+    (also 'hard_sigmoid', 'linear'), all in the fused kernels. Parameters '{prefix}i2h_weight' (H, C), '{prefix}i2h_bias' (H,),
     '{prefix}h2h_weight' (H, H), '{prefix}h2h_bias' (H,)."""
 
     def __init__(self, num_hidden, activation="tanh", prefix="rnn_", params=None):
@@ -891,9 +904,8 @@ class RNNCell(_GateCell):
         elif isinstance(activation, str) and activation in ACTIVATIONS:
             mode, act = "rnn_tanh", activation
         else:
-            raise ValueError(f"activation: expected one of 'tanh', 'relu', 'sigmoid', "
-                             f"'hard_sigmoid', 'linear' (the fused kernels' activations), got "
-                             f"{activation!r}")
+            raise ValueError(f"activation: expected one of {', '.join(map(repr, ACTIVATIONS))} "
+                             f"(the fused kernels' activations), got {activation!r}")
         super().__init__(num_hidden, prefix, params, mode, act)
         self._activation = activation
         self._iW = self.params.get("i2h_weight")
@@ -943,6 +955,10 @@ class GRUCell(_GateCell):
 # --------------------------------------------------------------------------------------------------
 # FusedRNNCell
 # --------------------------------------------------------------------------------------------------
+
+
+# The built-in gate cells: modifier cells around them run inside their fused call (_fused_chain).
+_FUSABLE = (RNNCell, LSTMCell, GRUCell)
 
 
 class FusedRNNCell(BaseRNNCell):
@@ -1487,6 +1503,54 @@ class ModifierCell(BaseRNNCell):
     def __call__(self, inputs, states, training: bool = False):
         raise NotImplementedError
 
+    def _bwd_chain(self, rec, d_outputs, d_states):
+        return rec["gate"].backward(d_outputs, d_states)
+
+
+def _fused_chain(cell):
+    """(gate_cell, core_options) when ``cell`` -- modifier cells around a built-in gate cell --
+    runs as one fused call, else None. The core applies zoneout first, then the residual sum, so a
+    ZoneoutCell with output zoneout around a ResidualCell (which zones the sum) is not fusable."""
+    if type(cell) in _FUSABLE:
+        return cell, {}
+    inner = _fused_chain(getattr(cell, "base_cell", None)) if isinstance(cell, ModifierCell) else None
+    if inner is None:
+        return None
+    gate, opts = inner
+    if isinstance(cell, ZoneoutCell):
+        if "zoneout_states" in opts or (opts.get("residual") and cell.zoneout_outputs > 0):
+            return None
+        return gate, dict(opts, zoneout_outputs=cell.zoneout_outputs,
+                          zoneout_states=cell.zoneout_states)
+    if type(cell) is ResidualCell and not opts.get("residual"):
+        return gate, dict(opts, residual=True)
+    return None
+
+
+def _unroll_chain(cell, chain, length, inputs, begin_state, layout, merge_outputs, training,
+                  check=None):
+    """Runs a fusable chain (``_fused_chain``) as one fused call of its gate cell; ``cell``'s
+    backward then goes straight to the gate cell's."""
+    gate, opts = chain
+    if training and (opts.get("zoneout_outputs", 0) > 0 or opts.get("zoneout_states", 0) > 0):
+        opts = dict(opts, seed=int(_zoneout_rng(cell).integers(0, 2**62)))
+    gate._modified = False
+    try:
+        outputs, states = gate._fused_unroll(length, inputs, begin_state, layout, merge_outputs,
+                                             training, opts, check)
+    finally:
+        gate._modified = True
+    if training:
+        cell._tape.append(("chain", dict(gate=gate)))
+    return outputs, states
+
+
+def _zoneout_rng(cell):
+    """The generator of the outermost ZoneoutCell of a chain: it seeds the fused masks."""
+    while not isinstance(cell, ZoneoutCell):
+        cell = cell.base_cell
+    return cell.rng
+
 
 def _contains_bidirectional(cell) -> bool:
     if isinstance(cell, BidirectionalCell):
@@ -1500,8 +1564,9 @@ class ZoneoutCell(ModifierCell):
     """Zoneout on a base cell (MXNet's ZoneoutCell): in training, each element of the output keeps
     the previous step's output with probability ``zoneout_outputs`` (zero before the first step),
     and each state element keeps its previous value with probability ``zoneout_states``; no
-    effect otherwise. Unrolls through Python-level steps (not fused). ``rng`` (not in MXNet): a
-    numpy Generator or seed for the masks."""
+    effect otherwise. Around a built-in cell ``unroll`` is one fused call (masks from a seed drawn
+    from ``rng``); steps (``cell(x, states)``) and other base cells draw masks from ``rng`` in
+    Python. ``rng`` (not in MXNet): a numpy Generator or seed for the masks."""
 
     def __init__(self, base_cell, zoneout_outputs=0.0, zoneout_states=0.0, *, rng=None):
         if isinstance(base_cell, FusedRNNCell):
@@ -1526,6 +1591,19 @@ class ZoneoutCell(ModifierCell):
     def reset(self):
         super().reset()
         self.prev_output = None
+
+    def unroll(self, length, inputs, begin_state=None, layout="NTC", merge_outputs=None,
+               training: bool = False):
+        chain = _fused_chain(self)
+        if chain is None:  # a user-written or composite base cell: Python-level steps
+            return super().unroll(length, inputs, begin_state, layout, merge_outputs, training)
+        self.reset()
+        outputs, states = _unroll_chain(self, chain, length, inputs, begin_state, layout,
+                                        merge_outputs, training)
+        axis = _check_layout(layout)
+        last = outputs[-1] if isinstance(outputs, list) else np.take(outputs, -1, axis=axis)
+        self.prev_output = last if length > 0 else None
+        return outputs, states
 
     def __call__(self, inputs, states, training: bool = False):
         cell, p_outputs, p_states = self.base_cell, self.zoneout_outputs, self.zoneout_states
@@ -1574,8 +1652,9 @@ class ZoneoutCell(ModifierCell):
 
 
 class ResidualCell(ModifierCell):
-    """Output = base cell's output + input (MXNet's ResidualCell, Wu et al. 2016); ``unroll`` is
-    the base cell's ``unroll`` (fused for built-in cells) plus the sum."""
+    """Output = base cell's output + input (MXNet's ResidualCell, Wu et al. 2016). Around a built-in
+    cell (or a ZoneoutCell around one) ``unroll`` is one fused call with the sum in the kernel's
+    step; otherwise the base cell's ``unroll`` plus the sum."""
 
     def __init__(self, base_cell):
         super().__init__(base_cell)
@@ -1596,6 +1675,15 @@ class ResidualCell(ModifierCell):
     def unroll(self, length, inputs, begin_state=None, layout="NTC", merge_outputs=None,
                training: bool = False):
         self.reset()
+        chain = _fused_chain(self)
+        if chain is not None:  # one fused call: the sum happens in the kernel's step
+            gate = chain[0]
+
+            def check(x):
+                self._check_width(gate._num_hidden, x.shape[-1])
+
+            return _unroll_chain(self, chain, length, inputs, begin_state, layout, merge_outputs,
+                                 training, check)
         merge_outputs = _check_merge(merge_outputs)
         self.base_cell._modified = False
         try:
