@@ -31,43 +31,46 @@ def _check_mode(mode):
 # Flat weight layout
 # --------------------------------------------------------------------------
 
-def layout(mode, C, H, L=1, bidirectional=False):
-    """List of (torch_name, shape) in flat-vector order."""
+def layout(mode, C, H, L=1, bidirectional=False, P=0):
+    """List of (torch_name, shape) in flat-vector order. P: LSTM projection size (0: none)."""
     _check_mode(mode)
     G = NUM_GATES[mode]
     D = 2 if bidirectional else 1
+    S = P or H
     weights, biases = [], []
     for l in range(L):
-        c_in = C if l == 0 else D * H
+        c_in = C if l == 0 else D * S
         for d in range(D):
             sfx = "l%d%s" % (l, "_reverse" if d == 1 else "")
             weights.append(("weight_ih_" + sfx, (G * H, c_in)))
-            weights.append(("weight_hh_" + sfx, (G * H, H)))
+            weights.append(("weight_hh_" + sfx, (G * H, S)))
+            if P:
+                weights.append(("weight_hr_" + sfx, (P, H)))
             biases.append(("bias_ih_" + sfx, (G * H,)))
             biases.append(("bias_hh_" + sfx, (G * H,)))
     return weights + biases
 
 
-def param_size(mode, C, H, L=1, bidirectional=False):
-    return int(sum(int(np.prod(shape)) for _, shape in layout(mode, C, H, L, bidirectional)))
+def param_size(mode, C, H, L=1, bidirectional=False, P=0):
+    return int(sum(int(np.prod(shape)) for _, shape in layout(mode, C, H, L, bidirectional, P)))
 
 
-def unpack(flat, mode, C, H, L=1, bidirectional=False):
+def unpack(flat, mode, C, H, L=1, bidirectional=False, P=0):
     """Flat vector -> dict of torch-named arrays (copies, same dtype as flat)."""
     flat = np.asarray(flat)
-    if flat.ndim != 1 or flat.size != param_size(mode, C, H, L, bidirectional):
+    if flat.ndim != 1 or flat.size != param_size(mode, C, H, L, bidirectional, P):
         raise ValueError("flat weight vector has wrong shape %r" % (flat.shape,))
     out, off = {}, 0
-    for name, shape in layout(mode, C, H, L, bidirectional):
+    for name, shape in layout(mode, C, H, L, bidirectional, P):
         n = int(np.prod(shape))
         out[name] = flat[off:off + n].reshape(shape).copy()
         off += n
     return out
 
 
-def pack(params, mode, C, H, L=1, bidirectional=False):
+def pack(params, mode, C, H, L=1, bidirectional=False, P=0):
     """Dict of torch-named arrays -> flat vector (dtype of the inputs)."""
-    lay = layout(mode, C, H, L, bidirectional)
+    lay = layout(mode, C, H, L, bidirectional, P)
     if set(params) != {name for name, _ in lay}:
         raise ValueError("parameter names do not match the layout")
     parts = []
@@ -111,10 +114,12 @@ def default_activation(mode):
     return "relu" if mode == "rnn_relu" else "tanh"
 
 
-def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after, mx=None, mh=None):
+def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after, mx=None, mh=None,
+                  whr=None):
     """act, rec: activation names (cell, gates). mx (N, C), mh (N, H): dropout masks (scaled) on
-    the input and on the state as the recurrent product sees it; None means none."""
-    H = h.shape[1]
+    the input and on the state as the recurrent product sees it; None means none. whr: the LSTM
+    projection (P, H): h' = (o * act(c')) whr^T."""
+    H = whh.shape[0] // NUM_GATES[mode]
     f_act, f_rec = ACTIVATIONS[act][0], ACTIVATIONS[rec][0]
     x = x if mx is None else x * mx
     hd = h if mh is None else h * mh   # what W_hh multiplies
@@ -124,9 +129,10 @@ def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after, mx=N
         ai, af, ag, ao = (a[:, k * H:(k + 1) * H] for k in range(4))
         i, f, g, o = f_rec(ai), f_rec(af), f_act(ag), f_rec(ao)
         c_new = f * c + i * g
-        h_new = o * f_act(c_new)
+        h_raw = o * f_act(c_new)
+        h_new = h_raw if whr is None else h_raw @ whr.T
         return h_new, c_new, dict(x=x, h=h, hd=hd, mx=mx, mh=mh, c=c, ai=ai, af=af, ag=ag, ao=ao,
-                                  i=i, f=f, g=g, o=o, c_new=c_new)
+                                  i=i, f=f, g=g, o=o, c_new=c_new, h_raw=h_raw, whr=whr)
     if mode == "gru":
         gh_rz = hd @ whh[:2 * H].T + bhh[:2 * H]
         ar = gi[:, :H] + gh_rz[:, :H]
@@ -157,6 +163,9 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
     hd = sc["hd"]
     if mode == "lstm":
         i, f, g, o, c_new = sc["i"], sc["f"], sc["g"], sc["o"], sc["c_new"]
+        if sc["whr"] is not None:  # projection: h' = h_raw whr^T
+            grads["whr"] += dh_new.T @ sc["h_raw"]
+            dh_new = dh_new @ sc["whr"]
         dc = dc_new + dh_new * o * d_act(c_new)
         do = dh_new * f_act(c_new)
         di = dc * g
@@ -210,7 +219,8 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
 
 def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activation=None,
             recurrent_activation="sigmoid", reset_after=True, dtype=np.float64, mask=None,
-            zero_masked_output=False, dropout_masks=None, zoneout_masks=None, residual=False):
+            zero_masked_output=False, dropout_masks=None, zoneout_masks=None, residual=False,
+            proj_size=0):
     """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm.
 
     activation: cell activation (LSTM g and c, GRU n, RNN h), default tanh (relu for rnn_relu);
@@ -224,7 +234,8 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
     None: True takes the cell's new value. The state h (c) keeps its previous value where keep_h
     (keep_c) is False; the output y_t = where(keep_o, h_new, y_{t-1}), y_{-1} = 0 (MXNet's
     ZoneoutCell). residual: each layer's output is y plus the layer input (direction d adds input
-    columns d*H:(d+1)*H; MXNet's ResidualCell)."""
+    columns d*H:(d+1)*H; MXNet's ResidualCell). proj_size: LSTM projection P (h, y, h0 and hN are
+    P wide)."""
     _check_mode(mode)
     act = default_activation(mode) if activation is None else activation
     rec = recurrent_activation
@@ -232,22 +243,25 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
     T, N, C = x.shape
     D = 2 if bidirectional else 1
     is_lstm = mode == "lstm"
+    P = proj_size
+    S = P or H  # the width of h
     params = {k: v.astype(dtype) for k, v in
-              unpack(np.asarray(flat), mode, C, H, L, bidirectional).items()}
-    h0 = np.zeros((L * D, N, H), dtype) if h0 is None else np.asarray(h0, dtype=dtype)
+              unpack(np.asarray(flat), mode, C, H, L, bidirectional, P).items()}
+    h0 = np.zeros((L * D, N, S), dtype) if h0 is None else np.asarray(h0, dtype=dtype)
     if is_lstm:
         c0 = np.zeros((L * D, N, H), dtype) if c0 is None else np.asarray(c0, dtype=dtype)
-    assert h0.shape == (L * D, N, H)
+    assert h0.shape == (L * D, N, S)
     assert not is_lstm or c0.shape == (L * D, N, H)
 
-    hN = np.zeros((L * D, N, H), dtype)
+    hN = np.zeros((L * D, N, S), dtype)
     cN = np.zeros((L * D, N, H), dtype) if is_lstm else None
     layer_in = x
     step_caches = {}            # (l, d) -> list indexed by time step t
     for l in range(L):
-        layer_out = np.zeros((T, N, D * H), dtype)
+        layer_out = np.zeros((T, N, D * S), dtype)
         for d in range(D):
             wih, whh, bih, bhh = (params[k] for k in _names(l, d))
+            whr = params["weight_hr" + _names(l, d)[0][len("weight_ih"):]] if P else None
             h = h0[l * D + d]
             c = c0[l * D + d] if is_lstm else None
             caches = [None] * T
@@ -257,7 +271,7 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
             for t in times:
                 mx, mh = (dropout_masks or {}).get((l, d), (None, None))
                 h_new, c_new, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih,
-                                                        bhh, act, rec, reset_after, mx, mh)
+                                                        bhh, act, rec, reset_after, mx, mh, whr)
                 m = np.ones((N, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
                 y = h_new if ko is None else np.where(ko[t], h_new, y_prev)
                 y_prev = y
@@ -269,14 +283,14 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
                 out = np.where(m, y, 0.0) if zero else y
                 if residual:
                     out = out + layer_in[t][:, d * H:(d + 1) * H]
-                layer_out[t, :, d * H:(d + 1) * H] = out
+                layer_out[t, :, d * S:(d + 1) * S] = out
             step_caches[(l, d)] = caches
             hN[l * D + d] = h
             if is_lstm:
                 cN[l * D + d] = c
         layer_in = layer_out
     y = layer_in
-    cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D, dtype=dtype, act=act, mask=mask,
+    cache = dict(mode=mode, T=T, N=N, C=C, H=H, L=L, D=D, P=P, dtype=dtype, act=act, mask=mask,
                  zoneout_masks=zoneout_masks, residual=residual,
                  zero_masked_output=zero_masked_output, rec=rec, reset_after=reset_after,
                  bidirectional=bidirectional, params=params, steps=step_caches)
@@ -286,27 +300,31 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
 def backward(cache, dy=None, dhN=None, dcN=None):
     """Returns (dx, dh0, dc0, dflat); dc0 is None unless lstm.  None grads mean zero."""
     mode, T, N, C, H, L, D = (cache[k] for k in ("mode", "T", "N", "C", "H", "L", "D"))
+    P = cache["P"]
+    S = P or H  # the width of h
     is_lstm = mode == "lstm"
     params = cache["params"]
     dtype = cache["dtype"]
-    dy = np.zeros((T, N, D * H), dtype) if dy is None else np.asarray(dy, dtype=dtype)
-    dhN = np.zeros((L * D, N, H), dtype) if dhN is None else np.asarray(dhN, dtype=dtype)
+    dy = np.zeros((T, N, D * S), dtype) if dy is None else np.asarray(dy, dtype=dtype)
+    dhN = np.zeros((L * D, N, S), dtype) if dhN is None else np.asarray(dhN, dtype=dtype)
     if is_lstm:
         dcN = np.zeros((L * D, N, H), dtype) if dcN is None else np.asarray(dcN, dtype=dtype)
-    assert dy.shape == (T, N, D * H) and dhN.shape == (L * D, N, H)
+    assert dy.shape == (T, N, D * S) and dhN.shape == (L * D, N, S)
 
     dparams = {k: np.zeros_like(v) for k, v in params.items()}
-    dh0 = np.zeros((L * D, N, H), dtype)
+    dh0 = np.zeros((L * D, N, S), dtype)
     dc0 = np.zeros((L * D, N, H), dtype) if is_lstm else None
     d_out = dy                        # gradient w.r.t. the current layer's output
     for l in range(L - 1, -1, -1):
-        c_in = C if l == 0 else D * H
+        c_in = C if l == 0 else D * S
         d_in = np.zeros((T, N, c_in), dtype)
         for d in range(D):
             nwih, nwhh, nbih, nbhh = _names(l, d)
             wih, whh = params[nwih], params[nwhh]
             grads = dict(wih=dparams[nwih], whh=dparams[nwhh],
                          bih=dparams[nbih], bhh=dparams[nbhh])
+            if P:
+                grads["whr"] = dparams["weight_hr" + nwih[len("weight_ih"):]]
             caches = cache["steps"][(l, d)]
             dh = dhN[l * D + d]
             dc = dcN[l * D + d] if is_lstm else None
@@ -317,7 +335,7 @@ def backward(cache, dy=None, dhN=None, dcN=None):
             for t in times:
                 m = np.ones((N, 1), bool) if cache["mask"] is None else \
                     np.asarray(cache["mask"][t], bool)[:, None]
-                dy_t = d_out[t, :, d * H:(d + 1) * H]
+                dy_t = d_out[t, :, d * S:(d + 1) * S]
                 if cache["residual"]:
                     d_in[t][:, d * H:(d + 1) * H] += dy_t
                 if kh is not None or kc is not None or ko is not None:
@@ -350,7 +368,7 @@ def backward(cache, dy=None, dhN=None, dcN=None):
             if is_lstm:
                 dc0[l * D + d] = dc
         d_out = d_in
-    dflat = pack(dparams, mode, C, H, L, D == 2)
+    dflat = pack(dparams, mode, C, H, L, D == 2, P)
     return d_out, dh0, dc0, dflat
 
 

@@ -50,6 +50,7 @@ struct Grid {
 const void* dense(const py::object& o, const char* name, DType dtype, std::vector<int64_t> shape,
                   bool writable, bool optional = true);
 std::vector<int64_t> state_shape(const Plan& p);
+std::vector<int64_t> cell_shape(const Plan& p);
 
 Grid seq(const py::object& o, const char* name, DType dtype, int64_t T, int64_t N, int64_t width,
          bool writable) {
@@ -91,7 +92,7 @@ void mask_arg(const py::object& o, const Plan& p, const uint8_t** ptr, int64_t* 
 // Cell-state arguments exist for LSTM only; anything but None for another mode is an error.
 const void* cell_state(const Plan& p, const py::object& o, const char* name, bool writable) {
   if (p.desc.mode == Mode::kLstm) {
-    return dense(o, name, p.desc.dtype, state_shape(p), writable);
+    return dense(o, name, p.desc.dtype, cell_shape(p), writable);
   }
   FUSEDRNN_CHECK(o.is_none(), ValueError, name, ": only mode 'lstm' has a cell state, got mode '",
                  mode_name(p.desc.mode), "'");
@@ -136,7 +137,11 @@ void* scratch(const py::object& o, const char* name, std::size_t bytes) {
   return a.mutable_data();
 }
 
+// h states are state_size() wide (the projection size with one), c states hidden_size.
 std::vector<int64_t> state_shape(const Plan& p) {
+  return {p.desc.num_layers * p.desc.directions(), p.N, p.desc.state_size()};
+}
+std::vector<int64_t> cell_shape(const Plan& p) {
   return {p.desc.num_layers * p.desc.directions(), p.N, p.desc.hidden_size};
 }
 
@@ -146,7 +151,7 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
                   const std::string& recurrent_activation = "sigmoid", bool reset_after = true,
                   bool zero_masked_output = false, double dropout = 0.0,
                   double recurrent_dropout = 0.0, double zoneout_outputs = 0.0,
-                  double zoneout_states = 0.0, bool residual = false) {
+                  double zoneout_states = 0.0, bool residual = false, int64_t proj_size = 0) {
   RnnDesc d;
   d.mode = parse_mode(mode);
   d.input_size = input_size;
@@ -164,6 +169,7 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
   d.zoneout_outputs = zoneout_outputs;
   d.zoneout_states = zoneout_states;
   d.residual = residual;
+  d.proj_size = proj_size;
   validate(d);
   return d;
 }
@@ -189,11 +195,12 @@ PYBIND11_MODULE(_C, m) {
                        int64_t N, bool training, const py::object& activation,
                        const std::string& recurrent_activation, bool reset_after,
                        bool zero_masked_output, double dropout, double recurrent_dropout,
-                       double zoneout_outputs, double zoneout_states, bool residual) {
+                       double zoneout_outputs, double zoneout_states, bool residual,
+                       int64_t proj_size) {
              return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
                                         dtype, activation, recurrent_activation, reset_after,
                                         zero_masked_output, dropout, recurrent_dropout,
-                                        zoneout_outputs, zoneout_states, residual),
+                                        zoneout_outputs, zoneout_states, residual, proj_size),
                               T, N, training);
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
@@ -202,7 +209,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("recurrent_activation") = "sigmoid", py::arg("reset_after") = true,
            py::arg("zero_masked_output") = false, py::arg("dropout") = 0.0,
            py::arg("recurrent_dropout") = 0.0, py::arg("zoneout_outputs") = 0.0,
-           py::arg("zoneout_states") = 0.0, py::arg("residual") = false)
+           py::arg("zoneout_states") = 0.0, py::arg("residual") = false,
+           py::arg("proj_size") = 0)
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
       .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
@@ -223,6 +231,7 @@ PYBIND11_MODULE(_C, m) {
                              [](const Plan& p) { return p.desc.zoneout_outputs; })
       .def_property_readonly("zoneout_states", [](const Plan& p) { return p.desc.zoneout_states; })
       .def_property_readonly("residual", [](const Plan& p) { return p.desc.residual; })
+      .def_property_readonly("proj_size", [](const Plan& p) { return p.desc.proj_size; })
       .def_readonly("T", &Plan::T)
       .def_readonly("N", &Plan::N)
       .def_readonly("training", &Plan::training)
@@ -234,25 +243,29 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("param_count",
         [](const std::string& mode, int64_t input_size, int64_t hidden_size, int64_t num_layers,
-           bool bidirectional) {
-          return param_count(make_desc(mode, input_size, hidden_size, num_layers, bidirectional, "float32"));
+           bool bidirectional, int64_t proj_size) {
+          return param_count(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
+                                       "float32", py::none(), "sigmoid", true, false, 0.0, 0.0, 0.0,
+                                       0.0, false, proj_size));
         },
         py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
-        py::arg("bidirectional"));
+        py::arg("bidirectional"), py::arg("proj_size") = 0);
 
   m.def("param_layout",
         [](const std::string& mode, int64_t input_size, int64_t hidden_size, int64_t num_layers,
-           bool bidirectional) {
+           bool bidirectional, int64_t proj_size) {
           py::list out;
-          for (const ParamPiece& p : param_layout(
-                   make_desc(mode, input_size, hidden_size, num_layers, bidirectional, "float32")))
+          for (const ParamPiece& p : param_layout(make_desc(
+                   mode, input_size, hidden_size, num_layers, bidirectional, "float32", py::none(),
+                   "sigmoid", true, false, 0.0, 0.0, 0.0, 0.0, false, proj_size)))
             out.append(py::make_tuple(p.layer, p.direction, p.is_bias, p.is_h2h, p.offset, p.rows,
-                                      p.cols));
+                                      p.cols, p.is_h2r));
           return out;
         },
         py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
-        py::arg("bidirectional"),
-        "Pieces of the flat vector: (layer, direction, is_bias, is_h2h, offset, rows, cols).");
+        py::arg("bidirectional"), py::arg("proj_size") = 0,
+        "Pieces of the flat vector: (layer, direction, is_bias, is_h2h, offset, rows, cols, "
+        "is_h2r).");
 
   m.def("forward",
         [](const Plan& p, const py::object& x, const py::object& w, const py::object& hx,
@@ -263,7 +276,7 @@ PYBIND11_MODULE(_C, m) {
           ForwardArgs a;
           a.seed = seed;
           const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
-          const Grid gy = seq(y, "y", dt, p.T, p.N, p.desc.directions() * p.desc.hidden_size, true);
+          const Grid gy = seq(y, "y", dt, p.T, p.N, p.desc.directions() * p.desc.state_size(), true);
           a.x = gx.ptr, a.x_st = gx.st, a.x_sn = gx.sn;
           a.y = const_cast<void*>(gy.ptr), a.y_st = gy.st, a.y_sn = gy.sn;
           a.w = dense(w, "weights", dt, {param_count(p.desc)}, false, false);
@@ -291,7 +304,7 @@ PYBIND11_MODULE(_C, m) {
           a.seed = seed;
           if (!dy.is_none()) {
             const Grid g = seq(dy, "dy", dt, p.T, p.N,
-                               p.desc.directions() * p.desc.hidden_size, false);
+                               p.desc.directions() * p.desc.state_size(), false);
             a.dy = g.ptr, a.dy_st = g.st, a.dy_sn = g.sn;
           }
           const Grid gdx = seq(dx, "dx", dt, p.T, p.N, p.desc.input_size, true);

@@ -67,11 +67,11 @@ void dispatch(DType dtype, Fn&& fn) {
 bool done_if_empty(const Plan& p, void* h_out, const void* h_in, void* c_out, const void* c_in) {
   if (p.N == 0) return true;
   if (p.T != 0) return false;
-  const int64_t count = p.desc.num_layers * p.desc.directions() * p.N * p.desc.hidden_size;
+  const int64_t rows = p.desc.num_layers * p.desc.directions() * p.N;
   dispatch(p.desc.dtype, [&](auto v) {
     using T = decltype(v);
-    fill_state<T>(h_out, h_in, count);
-    if (p.desc.mode == Mode::kLstm) fill_state<T>(c_out, c_in, count);
+    fill_state<T>(h_out, h_in, rows * p.desc.state_size());
+    if (p.desc.mode == Mode::kLstm) fill_state<T>(c_out, c_in, rows * p.desc.hidden_size);
   });
   return true;
 }
@@ -79,7 +79,7 @@ bool done_if_empty(const Plan& p, void* h_out, const void* h_in, void* c_out, co
 }  // namespace
 
 void forward(const Plan& p, const ForwardArgs& a) {
-  const int64_t D = p.desc.directions(), H = p.desc.hidden_size;
+  const int64_t D = p.desc.directions(), H = p.desc.state_size();
   if (done_if_empty(p, a.hy, a.hx, a.cy, a.cx)) return;
   check_ptr(a.x, "x");
   check_ptr(a.w, "weights");
@@ -96,7 +96,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
 void backward_data(const Plan& p, const BackwardDataArgs& a) {
   FUSEDRNN_CHECK(p.training, ValueError,
                  "plan: backward needs a plan made with training=true and its forward's reserve");
-  const int64_t D = p.desc.directions(), H = p.desc.hidden_size;
+  const int64_t D = p.desc.directions(), H = p.desc.state_size();
   if (done_if_empty(p, a.dhx, a.dhy, a.dcx, a.dcy)) return;
   check_ptr(a.w, "weights");
   check_ptr(a.dx, "dx");

@@ -1,7 +1,8 @@
 // core/layout.cpp: the flat parameter layout (MXNet FusedRNNCell order) and mode/dtype names.
 //
-// All weight matrices first, for each layer and direction: i2h (G*H, C_in) then h2h (G*H, H); then all
-// biases in the same order: i2h (G*H,), h2h (G*H,). This is the only place that computes offsets.
+// All weight matrices first, for each layer and direction: i2h (G*H, C_in), h2h (G*H, S) and, with a
+// projection, h2r (P, H); then all biases in the same order: i2h (G*H,), h2h (G*H,). This is the only
+// place that computes offsets.
 #include <limits>
 
 #include "fusedrnn/fusedrnn.h"
@@ -46,7 +47,7 @@ int num_gates(Mode mode) {
 namespace {
 int64_t weight_block(const RnnDesc& d, int64_t layer) {
   const int64_t gh = num_gates(d.mode) * d.hidden_size;
-  return gh * (d.layer_input_size(layer) + d.hidden_size);
+  return gh * (d.layer_input_size(layer) + d.state_size()) + d.proj_size * d.hidden_size;
 }
 
 // The element count, with every product and sum checked: sizes that pass one by one can still
@@ -61,8 +62,10 @@ int64_t checked_count(const RnnDesc& d) {
   int64_t total = 0;
   const int64_t gh = num_gates(d.mode) * d.hidden_size;
   for (int64_t l = 0; l < d.num_layers; ++l) {
-    int64_t block, piece;
-    if (__builtin_mul_overflow(gh, d.layer_input_size(l) + d.hidden_size + 2, &block) ||
+    int64_t block, piece, proj;
+    if (__builtin_mul_overflow(gh, d.layer_input_size(l) + d.state_size() + 2, &block) ||
+        __builtin_mul_overflow(d.proj_size, d.hidden_size, &proj) ||
+        __builtin_add_overflow(block, proj, &block) ||
         __builtin_mul_overflow(block, int64_t(d.directions()), &piece) ||
         __builtin_add_overflow(total, piece, &total) || total > kMax)
       fail();
@@ -121,6 +124,15 @@ void validate(const RnnDesc& d) {
                  "residual: the layer input is added to the output, so input_size must equal "
                  "directions * hidden_size = ", d.directions() * d.hidden_size, ", got input_size ",
                  d.input_size);
+  FUSEDRNN_CHECK(d.proj_size == 0 || d.mode == Mode::kLstm, ValueError,
+                 "proj_size: only mode 'lstm' has a projection, got proj_size=", d.proj_size,
+                 " for mode '", mode_name(d.mode), "'");
+  FUSEDRNN_CHECK(d.proj_size >= 0 && d.proj_size < d.hidden_size, ValueError,
+                 "proj_size: expected 0 (none) or an integer in [1, hidden_size) = [1, ",
+                 d.hidden_size, "), got ", d.proj_size);
+  FUSEDRNN_CHECK(d.proj_size == 0 || (!d.residual && !d.zoneout() && d.recurrent_dropout == 0.0),
+                 ValueError,
+                 "proj_size: not supported together with zoneout, residual or recurrent_dropout");
   FUSEDRNN_CHECK(d.reset_after || d.mode == Mode::kGru, ValueError,
                  "reset_after: only mode 'gru' has a reset gate, got reset_after=false for mode '",
                  mode_name(d.mode), "'");
@@ -145,6 +157,7 @@ LayerParams layer_param_offsets(const RnnDesc& d, int64_t layer, int direction) 
   LayerParams p;
   p.w_ih = w;
   p.w_hh = w + gh * d.layer_input_size(layer);
+  if (d.proj_size > 0) p.w_hr = p.w_hh + gh * d.proj_size;
   p.b_ih = all_w + index * 2 * gh;
   p.b_hh = p.b_ih + gh;
   return p;
@@ -157,10 +170,12 @@ std::vector<ParamPiece> param_layout(const RnnDesc& d) {
   for (int64_t l = 0; l < d.num_layers; ++l) {
     for (int dir = 0; dir < d.directions(); ++dir) {
       const LayerParams p = layer_param_offsets(d, l, dir);
-      weights.push_back({l, dir, false, false, p.w_ih, gh, d.layer_input_size(l)});
-      weights.push_back({l, dir, false, true, p.w_hh, gh, d.hidden_size});
-      biases.push_back({l, dir, true, false, p.b_ih, gh, 1});
-      biases.push_back({l, dir, true, true, p.b_hh, gh, 1});
+      weights.push_back({l, dir, false, false, false, p.w_ih, gh, d.layer_input_size(l)});
+      weights.push_back({l, dir, false, true, false, p.w_hh, gh, d.state_size()});
+      if (d.proj_size > 0)
+        weights.push_back({l, dir, false, false, true, p.w_hr, d.proj_size, d.hidden_size});
+      biases.push_back({l, dir, true, false, false, p.b_ih, gh, 1});
+      biases.push_back({l, dir, true, true, false, p.b_hh, gh, 1});
     }
   }
   weights.insert(weights.end(), biases.begin(), biases.end());

@@ -22,7 +22,9 @@ template <typename T>
 struct Net {
   const Plan& p;
   int64_t T_, N, H, G, GH, D, L, SH;
+  int64_t HS;          // width of h: the projection size, else H
   bool lstm, gru, rb;  // rb: GRU with the reset gate before the recurrent product
+  bool proj;           // LSTM with a projection
   bool sep;            // zoneout / residual: hidden states in rows of their own, apart from outputs
   explicit Net(const Plan& plan)
       : p(plan),
@@ -34,16 +36,18 @@ struct Net {
         D(plan.desc.directions()),
         L(plan.desc.num_layers),
         SH(plan.gate_slots * plan.desc.hidden_size),
+        HS(plan.desc.state_size()),
         lstm(plan.desc.mode == Mode::kLstm),
         gru(plan.desc.mode == Mode::kGru),
         rb(plan.desc.gru_reset_before()),
+        proj(plan.desc.proj_size > 0),
         sep(plan.desc.separate_states(plan.training)) {}
 
   // Steps of direction `dir` in processing order: s-th step is time index t.
   int64_t time_of(int dir, int64_t s) const { return dir == 0 ? s : T_ - 1 - s; }
   // Time index of the step before t in processing order.
   int64_t prev_of(int dir, int64_t t) const { return dir == 0 ? t - 1 : t + 1; }
-  Rows<T> grid(T* base) const { return {base, N * D * H, D * H}; }
+  Rows<T> grid(T* base) const { return {base, N * D * HS, D * HS}; }
   Rows<T> slots(T* base) const { return {base, N * SH, SH}; }
 
   // The hidden-state rows of (layer, direction) given its layer-output grid O: O's slice of the
@@ -56,7 +60,7 @@ struct Net {
     T* row(int64_t t) const { return base + (ring ? (t & 1) : t) * st; }
   };
   States states(const Rows<T>& O, T* rs, T* ws, int64_t si, int dir) const {
-    if (!sep) return {O.p + dir * H, O.st, O.sn, false};
+    if (!sep) return {O.p + dir * HS, O.st, O.sn, false};
     if (p.training) return {rs + p.reserve.states[si], N * H, H, false};
     return {ws + p.ws.zone, N * H, H, true};
   }
@@ -139,12 +143,40 @@ void mask_rows(Rows<T> dst, Rows<const T> src, const T* mask, int64_t nt, int64_
   }
 }
 
+// Projection, after h = (o * act(c)) W_hr^T: masked rows keep h_{t-1} (the kernel left zeros), and
+// the user's y (when it is not where h lives) gets h, or zero for masked rows with zero_masked_output.
+template <typename T>
+void project_fixup(const StepForward<T>& st, T* h, int64_t ld_h, int64_t HS, T* y, int64_t ld_y) {
+  for (int64_t n = 0; n < st.N; ++n) {
+    const bool masked = st.mask && !st.mask[n * st.ld_mask];
+    T* hn = h + n * ld_h;
+    if (masked) std::memcpy(hn, st.h_prev + n * st.ld_hp, sizeof(T) * HS);
+    if (!y) continue;
+    if (masked && st.zero_masked_output) {
+      std::memset(y + n * ld_y, 0, sizeof(T) * HS);
+    } else {
+      std::memcpy(y + n * ld_y, hn, sizeof(T) * HS);
+    }
+  }
+}
+
+// Projection, backward of one step: dhp = dh + dy, the gradient of h (dy ignored on masked rows whose
+// output was zero); saved for dW_hr, and the masked rows' pass-through.
+template <typename T>
+void project_backward(const StepBackward<T>& st, const T* dh, T* dhp, int64_t HS) {
+  for (int64_t n = 0; n < st.N; ++n) {
+    const bool drop_dy = st.mask && !st.mask[n * st.ld_mask] && st.zero_masked_output;
+    const T* dy = st.dy + n * st.ld_dy;
+    for (int64_t j = 0; j < HS; ++j) dhp[n * HS + j] = dh[n * HS + j] + (drop_dy ? T(0) : dy[j]);
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void forward(const Plan& p, const ForwardArgs& a) {
   const Net<T> net(p);
-  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L;
+  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L, HS = net.HS;
   const auto& cell = p.kernels->get<T>();
   T* ws = static_cast<T*>(a.workspace);
   T* rs = static_cast<T*>(a.reserve);
@@ -181,6 +213,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
       const LayerParams off = layer_param_offsets(p.desc, l, dir);
       const T* w_ih = w + off.w_ih;
       const T* w_hh = w + off.w_hh;
+      const T* w_hr = net.proj ? w + off.w_hr : nullptr;
       fold_bias(net, w + off.b_ih, w + off.b_hh, bias);
       const auto S = net.states(O, rs, ws, si, dir);
       // Zoneout (training) and residual: the step's epilogue, with its mask streams.
@@ -198,7 +231,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
         zn.key_o = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kOutput));
       }
       int64_t ld_h0, ld_c0;
-      const T* h0 = state_or_zero<T>(a.hx, si, N, H, zeros, &ld_h0);
+      const T* h0 = state_or_zero<T>(a.hx, si, N, HS, zeros, &ld_h0);
       const T* c0 = state_or_zero<T>(a.cx, si, N, H, zeros, &ld_c0);
       T* cells = p.training && net.lstm ? rs + p.reserve.cells[si] : nullptr;
       T* cstate = !p.training && net.lstm ? ws + p.ws.cstate : nullptr;
@@ -270,8 +303,8 @@ void forward(const Plan& p, const ForwardArgs& a) {
               st.ld_hrec = H;
             }
             // the reset-before GRU projects only r and z here; n waits for r*h
-            cpu::gemm<T>(false, true, N, net.rb ? 2 * H : GH, H, T(1), st.h_rec, st.ld_hrec, w_hh, H,
-                         T(0), gh, GH);
+            cpu::gemm<T>(false, true, N, net.rb ? 2 * H : GH, HS, T(1), st.h_rec, st.ld_hrec, w_hh,
+                         HS, T(0), gh, GH);
             st.gh = gh;
             st.ld_gh = GH;
           }
@@ -286,7 +319,12 @@ void forward(const Plan& p, const ForwardArgs& a) {
           }
           st.h_out = S.row(t);
           st.ld_ho = S.ld;
-          if (copy_to_y && !zone) {
+          if (net.proj) {  // the cell writes o * act(c); h = that W_hr^T, after it
+            st.h_out = p.training ? rs + p.reserve.hraw[si] + t * N * H : ws + p.ws.proj;
+            st.ld_ho = H;
+            st.proj = true;
+          }
+          if (copy_to_y && !zone && !net.proj) {
             st.y_out = Yuser.row(t) + dir * H;
             st.ld_yo = Yuser.sn;
           }
@@ -305,6 +343,11 @@ void forward(const Plan& p, const ForwardArgs& a) {
               cpu::gemm<T>(false, true, N, H, H, T(1), st.rh, st.ld_rh, w_hh + 2 * H * H, H, T(0),
                            gh + 2 * H, GH);
             cell.forward2(st);
+          }
+          if (net.proj) {
+            cpu::gemm<T>(false, true, N, HS, H, T(1), st.h_out, H, w_hr, H, T(0), S.row(t), S.ld);
+            project_fixup(st, S.row(t), S.ld, HS, copy_to_y ? Yuser.row(t) + dir * HS : nullptr,
+                          Yuser.sn);
           }
           if (zone) {
             zn.index0 = static_cast<uint64_t>(t * N * H);
@@ -340,7 +383,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
       }
 
       const int64_t t_last = net.time_of(dir, T_ - 1);
-      if (a.hy) copy_rows(static_cast<T*>(a.hy) + si * N * H, H, S.row(t_last), S.ld, N, H);
+      if (a.hy) copy_rows(static_cast<T*>(a.hy) + si * N * HS, HS, S.row(t_last), S.ld, N, HS);
       if (a.cy && net.lstm) {
         const T* c_last = cells ? cells + t_last * N * H : cstate;
         copy_rows(static_cast<T*>(a.cy) + si * N * H, H, c_last, H, N, H);
@@ -352,7 +395,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
 template <typename T>
 void backward_data(const Plan& p, const BackwardDataArgs& a) {
   const Net<T> net(p);
-  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L;
+  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L, HS = net.HS;
   const auto& cell = p.kernels->get<T>();
   T* ws = static_cast<T*>(a.workspace);
   T* rs = static_cast<T*>(a.reserve);
@@ -379,6 +422,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
       const LayerParams off = layer_param_offsets(p.desc, l, dir);
       const T* w_ih = w + off.w_ih;
       const T* w_hh = w + off.w_hh;
+      const T* w_hr = net.proj ? w + off.w_hr : nullptr;
       const auto S = net.states(O, rs, ws, si, dir);
       // Zoneout / residual: the gradient splits of the forward's epilogue, in workspace rows.
       StepZone<T> zn;
@@ -401,10 +445,14 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
         std::memset(zn.carry, 0, sizeof(T) * N * H);
       }
       int64_t ld, ld_h0, ld_c0;
-      const T* h0 = state_or_zero<T>(a.hx, si, N, H, zeros, &ld_h0);
+      const T* h0 = state_or_zero<T>(a.hx, si, N, HS, zeros, &ld_h0);
       const T* c0 = state_or_zero<T>(a.cx, si, N, H, zeros, &ld_c0);
-      const T* dhN = state_or_zero<T>(a.dhy, si, N, H, zeros, &ld);
-      copy_rows(dh, H, dhN, ld, N, H);
+      const T* dhN = state_or_zero<T>(a.dhy, si, N, HS, zeros, &ld);
+      copy_rows(dh, HS, dhN, ld, N, HS);
+      // projection: the cell kernel sees d(o * act(c)) and a zero dh row (its dh_{t-1} is all W_hh's)
+      T* dhraw = net.proj ? ws + p.ws.proj : nullptr;
+      T* dzero = net.proj ? ws + p.ws.proj + N * H : nullptr;
+      if (dzero) std::memset(dzero, 0, sizeof(T) * N * H);
       if (net.lstm) {
         const T* dcN = state_or_zero<T>(a.dcy, si, N, H, zeros, &ld);
         copy_rows(dc, H, dcN, ld, N, H);
@@ -429,7 +477,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
         st.H = H;
         st.act = p.desc.activation;
         st.rec = p.desc.recurrent_activation;
-        st.dy = dY.row(t) + dir * H;
+        st.dy = dY.row(t) + dir * HS;
         st.ld_dy = dY.sn;
         if (zone) {
           zn.index0 = static_cast<uint64_t>(t * N * H);
@@ -464,6 +512,22 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
           st.ld_mask = a.mask_sn;
           st.zero_masked_output = l == L - 1 && p.desc.zero_masked_output;
         }
+        if (net.proj) {
+          T* dhp = rs + p.reserve.dproj[si] + t * N * HS;
+          project_backward(st, dh, dhp, HS);
+          cpu::gemm<T>(false, false, N, H, HS, T(1), dhp, HS, w_hr, H, T(0), dhraw, H);
+          st.dy = dhraw;
+          st.ld_dy = H;
+          st.dh = dzero;
+          st.zero_masked_output = true;  // masked rows: dh passes by in project_backward
+          cell.backward(st);
+          // dh_{t-1} = dG W_hh (P wide); masked rows pass dh_t + dy_t on unchanged
+          cpu::gemm<T>(false, false, N, HS, GH, T(1), st.dg, net.SH, w_hh, HS, T(0), dh, HS);
+          for (int64_t n = 0; n < N; ++n)
+            if (st.mask && !st.mask[n * st.ld_mask])
+              std::memcpy(dh + n * HS, dhp + n * HS, sizeof(T) * HS);
+          continue;
+        }
         cell.backward(st);
         // The recurrent product's part of dh_{t-1}: dG_h W_hh, through the dropout mask if any,
         // added to the part the kernel left in dh (GRU z*dh, masked rows' dh).
@@ -497,7 +561,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
           cpu::gemm<T>(false, false, N, H, k_rec, T(1), st.dg, net.SH, w_hh, H, T(1), dh, H);
         }
       }
-      if (a.dhx) copy_rows(static_cast<T*>(a.dhx) + si * N * H, H, dh, H, N, H);
+      if (a.dhx) copy_rows(static_cast<T*>(a.dhx) + si * N * HS, HS, dh, HS, N, HS);
       if (a.dcx && net.lstm) copy_rows(static_cast<T*>(a.dcx) + si * N * H, H, dc, H, N, H);
 
       // Input gradient of the whole layer: dX (+)= dG_x W_ih; both directions add into it. With
@@ -524,7 +588,7 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
 template <typename T>
 void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
   const Net<T> net(p);
-  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L;
+  const int64_t T_ = net.T_, N = net.N, H = net.H, GH = net.GH, D = net.D, L = net.L, HS = net.HS;
   const T* rs = static_cast<const T*>(a.reserve);
   T* dw = static_cast<T*>(a.dw);
   double* colsum = reinterpret_cast<double*>(static_cast<T*>(a.workspace) + p.ws.colsum);
@@ -583,12 +647,17 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
         if (T_ > 1) {
           const Rows<const T> dGh = dir == 0 ? dG.shifted(1) : dG;
           const Rows<const T> Hp = dir == 0 ? Hs : Hs.shifted(1);
-          gemm_rows_tn<T>(T_ - 1, N, dGh, m_rec, Hp, H, dw + off.w_hh, H);
+          gemm_rows_tn<T>(T_ - 1, N, dGh, m_rec, Hp, HS, dw + off.w_hh, HS);
         }
         if (a.hx && T_ > 0) {
           const int64_t t_first = net.time_of(dir, 0);
-          const Rows<const T> h0{static_cast<const T*>(a.hx) + si * N * H, 0, H};
-          gemm_rows_tn<T>(1, N, dG.shifted(t_first), m_rec, h0, H, dw + off.w_hh, H);
+          const Rows<const T> h0{static_cast<const T*>(a.hx) + si * N * HS, 0, HS};
+          gemm_rows_tn<T>(1, N, dG.shifted(t_first), m_rec, h0, HS, dw + off.w_hh, HS);
+        }
+        if (net.proj) {  // dW_hr += dH^T (o * act(c))
+          const Rows<const T> dP{rs + p.reserve.dproj[si], N * HS, HS};
+          const Rows<const T> Hr{rs + p.reserve.hraw[si], N * H, H};
+          gemm_rows_tn<T>(T_, N, dP, HS, Hr, H, dw + off.w_hr, H);
         }
       }
       if (net.rb) {

@@ -64,6 +64,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   p.kernels = cpu::select_cell_kernels(cpu::cell_kind(desc));
 
   const int64_t H = desc.hidden_size, D = desc.directions(), L = desc.num_layers;
+  const int64_t S = desc.state_size(), P = desc.proj_size;  // width of h; projection (0: none)
   const int64_t GH = num_gates(desc.mode) * H;
   p.gate_slots = desc.mode == Mode::kGru ? 4 : num_gates(desc.mode);
   const int64_t SH = p.gate_slots * H;
@@ -77,8 +78,9 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   p.ws.bias = ws.take(GH + H);
   p.ws.gh = ws.take(N, GH);
   if (desc.gru_reset_before()) p.ws.rh = ws.take(N, H);
-  if (L >= 2) p.ws.inter[0] = ws.take(T, N, D * H);
-  if (L >= 3) p.ws.inter[1] = ws.take(T, N, D * H);
+  if (L >= 2) p.ws.inter[0] = ws.take(T, N, D * S);
+  if (L >= 3) p.ws.inter[1] = ws.take(T, N, D * S);
+  if (P > 0) p.ws.proj = ws.take(2, N, H);
   if (training && (desc.dropout > 0 || desc.recurrent_dropout > 0)) {
     const int64_t widest = std::max(desc.input_size, std::max<int64_t>(D * H, H));
     p.ws.xdrop = ws.take(T, N, widest);
@@ -95,7 +97,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
     p.ws.colsum = ws.take_bytes(Arena::mul(SH, sizeof(double)));
   } else {
     p.ws.gx = ws.take(p.chunk_t, N, GH);
-    if (desc.zero_masked_output) p.ws.states = ws.take(T, N, D * H);
+    if (desc.zero_masked_output) p.ws.states = ws.take(T, N, D * S);
     if (lstm) p.ws.cstate = ws.take(N, H);
   }
   p.workspace_bytes = ws.bytes();
@@ -103,12 +105,14 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   if (training) {
     Arena rs(dtype_size(desc.dtype));
     for (int64_t l = 0; l < L; ++l) {
-      p.reserve.out.push_back(rs.take(T, N, D * H));
+      p.reserve.out.push_back(rs.take(T, N, D * S));
       for (int64_t d = 0; d < D; ++d) {
         p.reserve.gates.push_back(rs.take(T, N, SH));
         p.reserve.cells.push_back(lstm ? rs.take(T, N, H) : -1);
         p.reserve.grads.push_back(rs.take(T, N, SH));
         p.reserve.states.push_back(desc.separate_states(true) ? rs.take(T, N, H) : -1);
+        p.reserve.hraw.push_back(P > 0 ? rs.take(T, N, H) : -1);
+        p.reserve.dproj.push_back(P > 0 ? rs.take(T, N, P) : -1);
       }
     }
     p.reserve_bytes = rs.bytes();

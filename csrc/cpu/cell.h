@@ -34,6 +34,8 @@ struct StepForward {
                                                   // sees (h_prev, or it with recurrent dropout)
   const uint8_t* mask = nullptr; int64_t ld_mask = 0;  // optional (N): 0 = keep the previous state
   bool zero_masked_output = false;               // masked rows write 0 to y_out instead of the state
+  bool proj = false;  // LSTM projection: h_out is o*act(c) (H wide) before W_hr, the executor keeps
+                      // masked rows' h; the kernel writes zeros there (h_prev is P wide)
 };
 
 template <typename T>

@@ -153,9 +153,13 @@ static inline bool is_masked(const S& s, int64_t n) {
 template <typename T>
 static inline void keep_state(const StepForward<T>& s, int64_t n) {
   const int64_t H = s.H;
+  if (s.c_out && s.c_out != s.c_prev) copy_row(s.c_out + n * s.ld_co, s.c_prev + n * s.ld_cp, H);
+  if (s.proj) {  // the projected h is kept by the executor; o*act(c) is zero (no dW_hr term)
+    std::memset(s.h_out + n * s.ld_ho, 0, sizeof(T) * H);
+    return;
+  }
   const T* hp = s.h_prev + n * s.ld_hp;
   copy_row(s.h_out + n * s.ld_ho, hp, H);
-  if (s.c_out && s.c_out != s.c_prev) copy_row(s.c_out + n * s.ld_co, s.c_prev + n * s.ld_cp, H);
   if (s.y_out) {
     T* y = s.y_out + n * s.ld_yo;
     if (s.zero_masked_output) {

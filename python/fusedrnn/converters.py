@@ -32,24 +32,27 @@ def _to_numpy(name: str, value) -> np.ndarray:
     return chk.float_array(name, value)
 
 
-def flat_to_torch(flat, mode, input_size, hidden_size, num_layers=1, bidirectional=False) -> dict:
+def flat_to_torch(flat, mode, input_size, hidden_size, num_layers=1, bidirectional=False,
+                  proj_size=0) -> dict:
     """Named arrays (copies) in torch.nn's state_dict naming, from the flat vector."""
     flat = chk.float_array("flat", flat)
-    n = param_size(mode, input_size, hidden_size, num_layers, bidirectional)
+    n = param_size(mode, input_size, hidden_size, num_layers, bidirectional, proj_size)
     chk.shape("flat", flat, (n,), f"for mode={mode!r}, input_size={input_size}, "
-              f"hidden_size={hidden_size}, num_layers={num_layers}, bidirectional={bidirectional}")
+              f"hidden_size={hidden_size}, num_layers={num_layers}, bidirectional={bidirectional}, "
+              f"proj_size={proj_size}")
     out = {}
-    for p in param_layout(mode, input_size, hidden_size, num_layers, bidirectional):
+    for p in param_layout(mode, input_size, hidden_size, num_layers, bidirectional, proj_size):
         out[p.torch_name] = flat[p.offset : p.offset + p.size].reshape(p.shape).copy()
     return out
 
 
 def torch_to_flat(
-    state_dict: Mapping, mode, input_size, hidden_size, num_layers=1, bidirectional=False
+    state_dict: Mapping, mode, input_size, hidden_size, num_layers=1, bidirectional=False,
+    proj_size=0,
 ) -> np.ndarray:
     """The flat vector from a torch.nn.LSTM/GRU/RNN state_dict (tensors or arrays). The dtype follows
     the inputs (all must agree). Every expected name must be present, and no other."""
-    pieces = param_layout(mode, input_size, hidden_size, num_layers, bidirectional)
+    pieces = param_layout(mode, input_size, hidden_size, num_layers, bidirectional, proj_size)
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict: expected a mapping of names to tensors, got {type(state_dict).__name__}")
     expected = {p.torch_name for p in pieces}

@@ -67,6 +67,7 @@ def memory(
     zoneout_outputs: float = 0.0,
     zoneout_states: float = 0.0,
     residual: bool = False,
+    proj_size: int = 0,
 ) -> Memory:
     """Bytes of scratch and reserve that forward (and backward) of this shape and these options
     use, known up front (the options that change them: training, reset_after, zero_masked_output,
@@ -90,6 +91,7 @@ def memory(
         recurrent_dropout=_rate("recurrent_dropout", recurrent_dropout),
         **_zone_options(zoneout_outputs, zoneout_states, residual),
         **_cell_options(mode, None, None, reset_after),
+        proj_size=chk.size("proj_size", proj_size, 0),
     )
     return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))
 
@@ -120,11 +122,11 @@ def _time_major(arr: np.ndarray, batch_first: bool) -> np.ndarray:
     return arr.swapaxes(0, 1) if batch_first else arr
 
 
-def _state(name: str, value, dtype, shape) -> Optional[np.ndarray]:
+def _state(name: str, value, dtype, shape, width="hidden_size") -> Optional[np.ndarray]:
     if value is None:
         return None
     arr = chk.float_array(name, value, dtype)
-    chk.shape(name, arr, shape, "(num_layers * directions, N, hidden_size)")
+    chk.shape(name, arr, shape, f"(num_layers * directions, N, {width})")
     return chk.dense(arr)
 
 
@@ -150,6 +152,7 @@ def forward(
     zoneout_outputs: float = 0.0,
     zoneout_states: float = 0.0,
     residual: bool = False,
+    proj_size: int = 0,
     seed: Optional[int] = None,
 ) -> ForwardResult:
     """Runs the network over a sequence.
@@ -184,6 +187,12 @@ def forward(
     (before state zoneout). Masks come from ``seed`` like dropout's. residual: each layer's output
     is its output plus its input (MXNet ResidualCell; needs input features == directions *
     hidden_size). Both run inside the fused step; neither combines with ``mask``.
+
+    proj_size: LSTM projection (PyTorch's ``proj_size``, LSTMP): 0 for none, else P in
+    [1, hidden_size); h = W_hr (o * act(c)) is P wide, so y is (T, N, D*P), h0 and hN are
+    (L*D, N, P), c0 and cN stay (L*D, N, H); the weights gain an h2r block (P, H) per layer and
+    direction (``param_layout(..., proj_size=P)``). Not combined with zoneout, residual or
+    recurrent_dropout.
     """
     check_mode(mode)
     options = _cell_options(mode, activation, recurrent_activation, reset_after)
@@ -202,26 +211,38 @@ def forward(
     if C < 1:
         raise ValueError(f"x: expected at least one input feature (C >= 1), got shape {tuple(x.shape)}")
     D = 2 if bidirectional else 1
+    P = chk.size("proj_size", proj_size, 0)
+    if P and mode != "lstm":
+        raise ValueError(f"proj_size: only mode='lstm' has a projection, got mode={mode!r}")
+    if P >= H:
+        raise ValueError(f"proj_size: expected 0 (none) or an integer in [1, hidden_size) = "
+                         f"[1, {H}), got {P}")
+    S = P or H  # the width of h
     weights = chk.float_array("weights", weights, dtype)
-    n = param_size(mode, C, H, L, bidirectional)
+    n = param_size(mode, C, H, L, bidirectional, P)
     chk.shape(
         "weights",
         weights,
         (n,),
         f"for mode={mode!r}, input_size={C}, hidden_size={H}, num_layers={L}, "
-        f"bidirectional={bidirectional}",
+        f"bidirectional={bidirectional}" + (f", proj_size={P}" if P else ""),
     )
     weights = chk.dense(weights)
-    state_shape = (L * D, N, H)
-    h0 = _state("h0", h0, dtype, state_shape)
+    state_shape = (L * D, N, S)
+    cell_shape = (L * D, N, H)
+    h0 = _state("h0", h0, dtype, state_shape, "proj_size" if P else "hidden_size")
     if c0 is not None and mode != "lstm":
         raise ValueError(f"c0: only mode='lstm' has a cell state, got mode={mode!r}")
-    c0 = _state("c0", c0, dtype, state_shape)
+    c0 = _state("c0", c0, dtype, cell_shape)
 
     zero_masked_output = chk.flag("zero_masked_output", zero_masked_output)
     rates = {name: _rate(name, value) for name, value in
              (("dropout", dropout), ("recurrent_dropout", recurrent_dropout))}
     zone = _zone_options(zoneout_outputs, zoneout_states, residual)
+    if P and (zone["residual"] or zone["zoneout_outputs"] > 0 or zone["zoneout_states"] > 0
+              or rates["recurrent_dropout"] > 0):
+        raise ValueError("proj_size: not supported together with zoneout, residual or "
+                         "recurrent_dropout")
     if zone["residual"] and C != D * H:
         raise ValueError(f"residual: the input is added to the output, so x needs directions * "
                          f"hidden_size = {D * H} features, got {C}")
@@ -248,10 +269,10 @@ def forward(
             m = m.astype(np.bool_)
         mask_t = _time_major(m, batch_first).view(np.uint8)
     plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
-                   zero_masked_output=zero_masked_output, **rates, **zone, **options)
-    y = np.empty((N, T, D * H) if batch_first else (T, N, D * H), dtype=dtype)
+                   zero_masked_output=zero_masked_output, proj_size=P, **rates, **zone, **options)
+    y = np.empty((N, T, D * S) if batch_first else (T, N, D * S), dtype=dtype)
     hN = np.empty(state_shape, dtype=dtype)
-    cN = np.empty(state_shape, dtype=dtype) if mode == "lstm" else None
+    cN = np.empty(cell_shape, dtype=dtype) if mode == "lstm" else None
     reserve = np.empty((int(plan.reserve_bytes) + 7) // 8, dtype=np.float64) if training else None
     _C.forward(plan, xt, weights, h0, c0, _time_major(y, batch_first), hN, cN, _workspace(plan), reserve,
                mask_t, seed)
@@ -298,8 +319,9 @@ def backward_data(ctx: Context, dy=None, dhN=None, dcN=None):
     plan = ctx.plan
     dtype = np.dtype(plan.dtype)
     T, N, C = ctx.x.shape
-    H, D = int(plan.hidden_size), 2 if plan.bidirectional else 1
+    H, D = int(plan.proj_size) or int(plan.hidden_size), 2 if plan.bidirectional else 1
     state_shape = (int(plan.num_layers) * D, N, H)
+    cell_shape = (int(plan.num_layers) * D, N, int(plan.hidden_size))
     lstm = plan.mode == "lstm"
     dyt = None
     if dy is not None:
@@ -307,14 +329,14 @@ def backward_data(ctx: Context, dy=None, dhN=None, dcN=None):
         y_shape = (N, T, D * H) if ctx.batch_first else (T, N, D * H)
         chk.shape("dy", dy, y_shape, "(the shape of y)")
         dyt = chk.grid_view(_time_major(dy, ctx.batch_first))
-    dhN = _state("dhN", dhN, dtype, state_shape)
+    dhN = _state("dhN", dhN, dtype, state_shape, "proj_size" if plan.proj_size else "hidden_size")
     if dcN is not None and not lstm:
         raise ValueError(f"dcN: only mode='lstm' has a cell state, got mode={plan.mode!r}")
-    dcN = _state("dcN", dcN, dtype, state_shape)
+    dcN = _state("dcN", dcN, dtype, cell_shape)
 
     dx = np.empty((N, T, C) if ctx.batch_first else (T, N, C), dtype=dtype)
     dh0 = np.empty(state_shape, dtype=dtype)
-    dc0 = np.empty(state_shape, dtype=dtype) if lstm else None
+    dc0 = np.empty(cell_shape, dtype=dtype) if lstm else None
     _C.backward_data(
         plan, dyt, dhN, dcN, ctx.weights, ctx.h0, ctx.c0, _time_major(dx, ctx.batch_first), dh0,
         dc0, _workspace(plan), ctx.reserve, ctx.mask, ctx.seed,

@@ -2,8 +2,10 @@
 
 All weight matrices come first: for each layer, for each direction (forward, then reverse), the i2h
 block (G*H, C_in) and then the h2h block (G*H, H), row-major with rows gate-major (LSTM i,f,g,o;
-GRU r,z,n). Then all biases in the same order: i2h (G*H,), h2h (G*H,). C_in is C for layer 0 and
-D*H above it. Offsets come from the C++ core, the single place that computes them.
+GRU r,z,n); an LSTM with a projection (``proj_size`` P, PyTorch's LSTMP) has an h2h block (4H, P)
+followed by the h2r block (P, H). Then all biases in the same order: i2h (G*H,), h2h (G*H,). C_in is
+C for layer 0 and D*H (D*P) above it. Offsets come from the C++ core, the single place that computes
+them.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ class ParamPiece(NamedTuple):
     layer: int
     direction: int  # 0 forward, 1 reverse
     kind: str  # "weight" or "bias"
-    part: str  # "i2h" or "h2h"
+    part: str  # "i2h", "h2h" or "h2r" (the projection)
     offset: int  # in elements
-    shape: tuple  # (G*H, C_in), (G*H, H) or (G*H,)
+    shape: tuple  # (G*H, C_in), (G*H, H or P), (P, H) or (G*H,)
 
     @property
     def size(self) -> int:
@@ -61,30 +63,35 @@ def num_gates(mode: str) -> int:
     return _GATES[check_mode(mode)]
 
 
-def check_desc(mode, input_size, hidden_size, num_layers, bidirectional):
+def check_desc(mode, input_size, hidden_size, num_layers, bidirectional, proj_size=0):
     return (
         check_mode(mode),
         chk.size("input_size", input_size),
         chk.size("hidden_size", hidden_size),
         chk.size("num_layers", num_layers),
         chk.flag("bidirectional", bidirectional),
+        chk.size("proj_size", proj_size, 0),
     )
 
 
-def param_size(mode, input_size, hidden_size, num_layers=1, bidirectional=False) -> int:
+def param_size(mode, input_size, hidden_size, num_layers=1, bidirectional=False,
+               proj_size=0) -> int:
     """Number of elements of the flat parameter vector."""
-    return int(_C.param_count(*check_desc(mode, input_size, hidden_size, num_layers, bidirectional)))
+    return int(_C.param_count(*check_desc(mode, input_size, hidden_size, num_layers, bidirectional,
+                                          proj_size)))
 
 
-def param_layout(mode, input_size, hidden_size, num_layers=1, bidirectional=False) -> list[ParamPiece]:
+def param_layout(mode, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 proj_size=0) -> list[ParamPiece]:
     """Every piece of the flat vector, in storage order, with its names, offset and shape."""
-    desc = check_desc(mode, input_size, hidden_size, num_layers, bidirectional)
+    desc = check_desc(mode, input_size, hidden_size, num_layers, bidirectional, proj_size)
     pieces = []
-    for layer, direction, is_bias, is_h2h, offset, rows, cols in _C.param_layout(*desc):
+    for layer, direction, is_bias, is_h2h, offset, rows, cols, is_h2r in _C.param_layout(*desc):
         kind = "bias" if is_bias else "weight"
-        part = "h2h" if is_h2h else "i2h"
+        part = "h2r" if is_h2r else "h2h" if is_h2h else "i2h"
         suffix = "_reverse" if direction else ""
-        torch_name = f"{kind}_{'hh' if is_h2h else 'ih'}_l{layer}{suffix}"
+        torch_part = {"i2h": "ih", "h2h": "hh", "h2r": "hr"}[part]
+        torch_name = f"{kind}_{torch_part}_l{layer}{suffix}"
         name = f"{'r' if direction else 'l'}{layer}_{part}_{kind}"
         shape = (rows,) if is_bias else (rows, cols)
         pieces.append(ParamPiece(name, torch_name, layer, direction, kind, part, offset, shape))
@@ -92,12 +99,13 @@ def param_layout(mode, input_size, hidden_size, num_layers=1, bidirectional=Fals
 
 
 def init_weights(
-    mode, input_size, hidden_size, num_layers=1, bidirectional=False, dtype=np.float32, seed=None
+    mode, input_size, hidden_size, num_layers=1, bidirectional=False, dtype=np.float32, seed=None,
+    proj_size=0,
 ) -> np.ndarray:
     """A flat vector drawn like torch.nn's default: every entry uniform in (-1/sqrt(H), 1/sqrt(H))."""
     dtype = np.dtype(dtype)
     if dtype not in chk.FLOAT_DTYPES:
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-    n = param_size(mode, input_size, hidden_size, num_layers, bidirectional)
+    n = param_size(mode, input_size, hidden_size, num_layers, bidirectional, proj_size)
     bound = 1.0 / np.sqrt(hidden_size)
     return np.random.default_rng(seed).uniform(-bound, bound, n).astype(dtype)

@@ -55,6 +55,9 @@ struct RnnDesc {
   // GRU only. true: n = act(W_in x + b_in + r*(W_hn h + b_hn)) (cuDNN, PyTorch, Keras default);
   // false: n = act(W_in x + b_in + W_hn (r*h) + b_hn) (Keras reset_after=False, ONNX default).
   bool reset_after = true;
+  // LSTM only (PyTorch proj_size, LSTMP): 0 for none, else P in [1, H): the hidden state is
+  // h = W_hr (o * act(c)), (N, P); W_hh is (4H, P); outputs and h0/hN are P wide, c stays H wide.
+  int64_t proj_size = 0;
   // With a mask, a masked step keeps the previous state; its output is that state (Keras default)
   // or, with zero_masked_output, zero (Keras zero_output_for_mask=True).
   bool zero_masked_output = false;
@@ -80,21 +83,24 @@ struct RnnDesc {
   bool separate_states(bool training) const { return residual || (training && zoneout()); }
   bool gru_reset_before() const { return mode == Mode::kGru && !reset_after; }
   int directions() const { return bidirectional ? 2 : 1; }
+  // The width of h (and of each direction's output): proj_size when projecting, else H.
+  int64_t state_size() const { return proj_size > 0 ? proj_size : hidden_size; }
   int64_t layer_input_size(int64_t layer) const {
-    return layer == 0 ? input_size : directions() * hidden_size;
+    return layer == 0 ? input_size : directions() * state_size();
   }
 };
 void validate(const RnnDesc& desc);  // throws ValueError naming the bad field
 
 // ---- Flat weight layout (MXNet FusedRNNCell order) -------------------------------------------------
 // All weight matrices first: for each layer, for each direction (forward, then reverse): the i2h block
-// (G*H, C_in) then the h2h block (G*H, H), row-major, rows gate-major. Then all biases in the same
-// order: i2h (G*H,), h2h (G*H,).
+// (G*H, C_in) then the h2h block (G*H, S) (S = state_size()), and with a projection the h2r block
+// (P, H); row-major, rows gate-major. Then all biases in the same order: i2h (G*H,), h2h (G*H,).
 struct ParamPiece {
   int64_t layer;
   int direction;    // 0 forward, 1 reverse
   bool is_bias;     // false: weight matrix, true: bias vector
   bool is_h2h;      // false: i2h (input-to-hidden), true: h2h (hidden-to-hidden)
+  bool is_h2r;      // the projection (hidden-to-recurrent, P x H); is_h2h is false then
   int64_t offset;   // in elements, into the flat vector
   int64_t rows;     // G*H
   int64_t cols;     // C_in or H for weights, 1 for biases
@@ -104,6 +110,7 @@ std::vector<ParamPiece> param_layout(const RnnDesc& desc);
 // Offsets of the four pieces of one (layer, direction).
 struct LayerParams {
   int64_t w_ih, w_hh, b_ih, b_hh;
+  int64_t w_hr = -1;  // the projection, -1 without one
 };
 LayerParams layer_param_offsets(const RnnDesc& desc, int64_t layer, int direction);
 
@@ -133,6 +140,8 @@ struct Plan {
     std::vector<int64_t> cells;  // per (layer, dir): LSTM cell states (T, N, H)
     std::vector<int64_t> grads;  // per (layer, dir): gate gradients (T, N, gate_slots*H)
     std::vector<int64_t> states; // per (layer, dir), zoneout / residual: hidden states (T, N, H)
+    std::vector<int64_t> hraw;   // per (layer, dir), projection: o * act(c) before W_hr (T, N, H)
+    std::vector<int64_t> dproj;  // per (layer, dir), projection: gradients of h (T, N, P)
   } reserve;
   struct WorkspaceMap {
     int64_t gx = -1;        // inference: input projection of one chunk (chunk_t, N, G*H)
@@ -151,6 +160,8 @@ struct Plan {
                             // (T, N, max(C_in, H))
     int64_t hdrop = -1;     // recurrent dropout: masked h_{t-1} and a GEMM scratch (2, N, H)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
+    int64_t proj = -1;      // projection (2, N, H): inference o * act(c) of one step; backward its
+                            // gradient and a zero dh row for the cell kernel
     int64_t zone = -1;      // zoneout / residual (4, N, H): inference a ring of two hidden-state
                             // rows; training forward a ring of two output rows; backward the output
                             // carry, the output-path dh, and the h and c gradients that skip a step
@@ -171,11 +182,11 @@ struct ForwardArgs {
   const void* x = nullptr;        // (T, N, C) rows at x + t*x_st + n*x_sn
   int64_t x_st = 0, x_sn = 0;
   const void* w = nullptr;        // flat parameters, param_count(desc) elements
-  const void* hx = nullptr;       // optional (L*D, N, H) contiguous initial hidden state
+  const void* hx = nullptr;       // optional (L*D, N, S) contiguous initial hidden state
   const void* cx = nullptr;       // optional (L*D, N, H) initial cell state (LSTM)
-  void* y = nullptr;              // output (T, N, D*H) rows at y + t*y_st + n*y_sn
+  void* y = nullptr;              // output (T, N, D*S) rows at y + t*y_st + n*y_sn (S: state_size)
   int64_t y_st = 0, y_sn = 0;
-  void* hy = nullptr;             // optional (L*D, N, H) final hidden state
+  void* hy = nullptr;             // optional (L*D, N, S) final hidden state
   void* cy = nullptr;             // optional (L*D, N, H) final cell state (LSTM)
   const uint8_t* mask = nullptr;  // optional (T, N): 0 masks step t of sample n, at mask + t*m_st + n*m_sn
   int64_t mask_st = 0, mask_sn = 0;
