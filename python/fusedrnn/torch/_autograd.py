@@ -1,5 +1,6 @@
-"""One fused core call on torch tensors: the flat weight vector of a stack of layers, cached per
-parameter version, and the autograd Function around fusedrnn.forward / fusedrnn.backward.
+"""One fused core call on torch tensors: the flat weight vector of a stack of layers (the
+parameters' own storage, see Stack) and the autograd Function around fusedrnn.forward /
+fusedrnn.backward.
 
 Tensors cross into the core as zero-copy NumPy views (``Tensor.numpy()``) and results come back as
 zero-copy tensors (``torch.from_numpy``); the core copies only where its layout requires it
@@ -26,6 +27,13 @@ class Stack:
     ``name_of(layer, direction, kind, part)`` gives the module's attribute name of a piece
     (``kind`` 'weight'/'bias', ``part`` 'i2h'/'h2h'); pieces whose attribute is missing or None
     (bias=False) stay zero in the flat vector and their gradients are dropped.
+
+    The flat vector: ``flatten(module)`` makes the module's parameters views into one buffer in the
+    core's layout (what cuDNN's flatten_parameters does), so while they stay there the core reads
+    the parameters themselves, with no conversion at all, and sees every change, even through
+    ``.data``. Parameters that were moved out (``module.to``, ``torch.func.functional_call``, a
+    stack of one layer of several) are copied into a flat vector on every call: a cache keyed on
+    the parameters' versions would miss writes through ``.data``, which do not count versions.
     """
 
     def __init__(self, module: torch.nn.Module, mode: str, input_size: int, hidden_size: int,
@@ -40,24 +48,46 @@ class Stack:
             if getattr(module, name, None) is not None:
                 self.names.append(name)
                 self.slices.append((p.offset, p.size, p.shape))
-        self._key: Optional[tuple] = None
-        self._flat: Optional[np.ndarray] = None
+        self._buffer: Optional[torch.Tensor] = None  # the parameters' storage after flatten()
+        self._buffer_np: Optional[np.ndarray] = None
 
     def params(self, module: torch.nn.Module) -> list[torch.Tensor]:
         return [getattr(module, name) for name in self.names]
 
+    def flatten(self, module: torch.nn.Module) -> None:
+        """Moves the module's parameters (their values kept) into one buffer in the flat layout;
+        the parameters stay the same Parameter objects. CPU float32/float64 only, else a no-op."""
+        params = self.params(module)
+        dtype = params[0].dtype
+        if (any(p.device.type != "cpu" or p.dtype != dtype for p in params)
+                or dtype not in (torch.float32, torch.float64)):
+            self._buffer = self._buffer_np = None
+            return
+        buffer = torch.zeros(self.size, dtype=dtype)  # bias=False: the bias pieces stay zero
+        with torch.no_grad():
+            for (offset, size, shape), p in zip(self.slices, params):
+                view = buffer[offset : offset + size].view(shape)
+                view.copy_(p)
+                p.data = view
+        self._buffer, self._buffer_np = buffer, buffer.numpy()
+
+    def _aliased(self, params: Sequence[torch.Tensor]) -> bool:
+        """Whether every parameter still is its piece of the buffer."""
+        if self._buffer is None:
+            return False
+        base, item, dtype = self._buffer.data_ptr(), self._buffer.element_size(), self._buffer.dtype
+        return all(p.dtype == dtype and p.data_ptr() == base + offset * item and p.is_contiguous()
+                   for (offset, _, _), p in zip(self.slices, params))
+
     def flat(self, params: Sequence[torch.Tensor]) -> np.ndarray:
-        """The flat vector of ``params`` (a new array whenever any parameter's storage or version
-        changed since the last call, else the same one; never modified afterwards, so a pending
-        backward keeps the values of its forward)."""
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-        if key != self._key:
-            flat = np.zeros(self.size, dtype=_np_dtype(params[0].dtype))
-            with torch.no_grad():
-                for (offset, size, _), p in zip(self.slices, params):
-                    flat[offset : offset + size] = p.detach().reshape(-1).numpy()
-            self._key, self._flat = key, flat
-        return self._flat
+        """The flat vector of ``params``: the parameters' own buffer, or a new copy."""
+        if self._aliased(params):
+            return self._buffer_np
+        flat = np.zeros(self.size, dtype=_np_dtype(params[0].dtype))
+        with torch.no_grad():
+            for (offset, size, _), p in zip(self.slices, params):
+                flat[offset : offset + size] = p.detach().reshape(-1).numpy()
+        return flat
 
     def split(self, dw: np.ndarray, wanted: Sequence[bool]) -> list[Optional[torch.Tensor]]:
         """Per-parameter gradients as views into ``dw`` (as cuDNN's backward returns them)."""
@@ -102,9 +132,9 @@ class _FusedRNN(torch.autograd.Function):
     def forward(ctx, call: _Call, x, h0, c0, *params):
         res = call.forward(x, call.stack.flat(params), h0, c0, training=True)
         ctx.call, ctx.core = call, res.ctx
-        # The core keeps references to x, h0 and c0; saving them makes autograd refuse a backward
-        # after they were modified in place.
-        ctx.save_for_backward(x, h0, c0)
+        # The core keeps references to x, h0, c0 and the weights; saving them makes autograd refuse
+        # a backward after any was modified in place, as torch.nn does.
+        ctx.save_for_backward(x, h0, c0, *params)
         ctx.set_materialize_grads(False)  # an unused output's gradient is None: the core's zero
         out = (_tensor(res.y), _tensor(res.hN))
         return out + (_tensor(res.cN),) if res.cN is not None else out

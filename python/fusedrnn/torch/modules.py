@@ -3,6 +3,8 @@
 Same constructor signatures, parameter names, shapes and registration order, initialisation
 (every parameter U(-1/sqrt(H), 1/sqrt(H)), drawn in torch's order, so the same torch seed gives the
 same weights), forward signatures and return values as torch.nn, so state dicts load both ways.
+The parameters are views into one buffer in the core's flat layout (``flatten_parameters``), so
+forward passes them to the core without conversion.
 Shapes: input (T, N, C) ((N, T, C) with batch_first), or (T, C) unbatched, or a PackedSequence;
 states (L*D, N, H_out), (L*D, H_out) unbatched, with H_out = proj_size or H (c: H).
 
@@ -169,6 +171,7 @@ class _RNNBase(nn.Module):
                     names.append(base + suffix)
                 self._flat_weights_names += names
                 self._all_weights.append(names)
+        self.flatten_parameters()
         self.reset_parameters()
 
     # ----------------------------------------------------------------- torch.nn compatibility
@@ -187,8 +190,21 @@ class _RNNBase(nn.Module):
         return [getattr(self, name) for name in self._flat_weights_names]
 
     def flatten_parameters(self) -> None:
-        """torch.nn compatibility (a no-op there on the CPU too): the flat vector the core reads is
-        rebuilt whenever a parameter's storage or version changes."""
+        """Makes the parameters views into one buffer in the core's flat layout, so that forward
+        reads them with no conversion (torch.nn does this for cuDNN). Called on construction, after
+        ``.to()`` / ``.double()`` / ... and after unpickling or deepcopy; parameters moved out of
+        the buffer otherwise still work, copied into a flat vector on every call."""
+        if self._projection_supported():
+            self._stack(0, self.num_layers).flatten(self)
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return ret
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.flatten_parameters()
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -239,7 +255,6 @@ class _RNNBase(nn.Module):
         """Layers first .. first + count - 1 as one core call (built once, then cached)."""
         key = (first, count)
         if key not in self._stacks:
-            self._check_projection()
             D = 2 if self.bidirectional else 1
             c_in = self.input_size if first == 0 else self.hidden_size * D
             self._stacks[key] = _autograd.Stack(
@@ -247,10 +262,14 @@ class _RNNBase(nn.Module):
                 lambda layer, d, kind, part: _torch_name(first + layer, d, kind, part))
         return self._stacks[key]
 
-    def _check_projection(self) -> None:
+    def _projection_supported(self) -> bool:
         # The one place LSTM projection (proj_size > 0) meets the core: when the core and
-        # fusedrnn.forward take proj_size, the Stack passes it on and maps weight_hr_l*.
-        if self.proj_size > 0:
+        # fusedrnn.forward take proj_size, the Stack passes it on (and its layer input size
+        # becomes proj_size * D above layer 0) and maps weight_hr_l* through param_layout.
+        return self.proj_size == 0
+
+    def _check_projection(self) -> None:
+        if not self._projection_supported():
             raise ValueError(f"proj_size: not supported by this build yet (the fused core has no "
                              f"LSTM projection), got proj_size={self.proj_size}; use "
                              "torch.nn.LSTM for projections")
@@ -400,8 +419,24 @@ class _CellBase(nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
-        self._stack_cache: Optional[_autograd.Stack] = None
+        self._stack = _autograd.Stack(
+            self, mode, input_size, hidden_size, 1, False,
+            lambda layer, d, kind, part: _torch_name(layer, d, kind, part, cell=True))
+        self.flatten_parameters()
         self.reset_parameters()
+
+    def flatten_parameters(self) -> None:
+        """As the LSTM/GRU/RNN modules': the parameters become views into the core's flat layout."""
+        self._stack.flatten(self)
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return ret
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.flatten_parameters()
 
     def reset_parameters(self) -> None:
         stdv = 1.0 / math.sqrt(self.hidden_size)
@@ -439,12 +474,7 @@ class _CellBase(nn.Module):
                 _check_shape(name, t, want, "(batch, hidden_size)" if batched
                              else "(hidden_size,) for unbatched input")
         prep = lambda t: None if t is None else t.reshape(1, N, self.hidden_size)  # noqa: E731
-        if self._stack_cache is None:
-            self._stack_cache = _autograd.Stack(
-                self, self._core_mode, self.input_size, self.hidden_size, 1, False,
-                lambda layer, d, kind, part: _torch_name(layer, d, kind, part, cell=True))
-        _, h, c = _autograd.run(self, self._stack_cache, x.unsqueeze(0), prep(hx), prep(cx),
-                                False, None)
+        _, h, c = _autograd.run(self, self._stack, x.unsqueeze(0), prep(hx), prep(cx), False, None)
         shape = (N, self.hidden_size) if batched else (self.hidden_size,)
         return h.reshape(shape), None if c is None else c.reshape(shape)
 
