@@ -28,7 +28,7 @@ def _data():
 
 
 def _loss(model, x, target):
-    y, (h, c) = model(x)
+    y, (h, _) = model(x)
     return ((y - target) ** 2).mean() + h.pow(2).mean()
 
 

@@ -9,7 +9,8 @@ zero-copy tensors (``torch.from_numpy``); the core copies only where its layout 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 import numpy as np
 import torch
