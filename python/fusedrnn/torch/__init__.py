@@ -1,0 +1,25 @@
+"""fusedrnn.torch: drop-in replacements for torch.nn.LSTM / GRU / RNN and their cells, on the fused
+CPU core, trainable with autograd (and DistributedDataParallel).
+
+Replace ``torch.nn.LSTM`` with ``fusedrnn.torch.LSTM`` and change nothing else: same constructor
+arguments, parameter names and shapes (state dicts load both ways), initialisation, forward
+arguments and results, PackedSequence and unbatched input. Differences:
+
+- CPU tensors, float32 or float64 only; LSTM ``proj_size > 0`` is refused by forward until the
+  core has the projection.
+- Dropout between layers draws its masks from the module's own generator (the ``seed`` attribute;
+  default ``torch.initial_seed()``), not from torch's global random stream.
+- Threads: fusedrnn's BLAS calls use ``torch.get_num_threads()`` threads by default, so
+  ``torch.set_num_threads`` is the one knob; ``fusedrnn.torch.set_num_threads(n)`` pins another
+  count (``None`` follows torch again). On few cores, torch's OpenMP threads spinning after a torch
+  op slow the next fusedrnn call: ``OMP_WAIT_POLICY=PASSIVE`` in the environment before ``import
+  torch`` removes that (measured in ``_threads.py`` and docs/architecture.md).
+- Bad arguments raise ValueError (shapes, sizes) or TypeError (types, dtypes) naming the argument;
+  torch.nn raises RuntimeError for some of these.
+"""
+
+from ._threads import get_num_threads, set_num_threads
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "get_num_threads",
+           "set_num_threads"]
