@@ -323,7 +323,6 @@ def test_state_dict_round_trip_and_init():
         [[p.shape for p in ps] for ps in theirs.all_weights]
 
 
-@pytest.mark.skip(reason="core projection pending")
 @pytest.mark.parametrize("config", ["L1-tm", "L2-bi-bf", "L2-bi-packed-unsorted",
                                     "L2-bi-unbatched"])
 def test_parity_with_torch_nn_proj_size(config):
@@ -345,10 +344,20 @@ def test_parity_with_torch_nn_proj_size(config):
     _assert_parity(results[0], results[2], results[3], f"[proj {config}]", results[1])
 
 
-def test_proj_size_forward_refused_until_the_core_has_it():
-    m = ft.LSTM(3, 5, proj_size=2)
-    with pytest.raises(ValueError, match="proj_size: not supported by this build yet"):
-        m(torch.randn(4, 2, 3))
+def test_proj_size_with_dropout_between_layers_and_gradcheck():
+    """The per-layer path (dropout between layers) with a projection: the layer input above layer 0
+    is proj_size * D wide; and float64 gradients by gradcheck."""
+    torch.manual_seed(3)
+    m = ft.LSTM(3, 5, num_layers=2, proj_size=2, bidirectional=True, dropout=0.3).double()
+    m.seed = 5
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    y, (h, c) = m(x)
+    assert y.shape == (4, 2, 4) and h.shape == (4, 2, 2) and c.shape == (4, 2, 5)
+    m.seed = 5
+    y2, _ = m(x)
+    assert torch.equal(y, y2)
+    m.eval()
+    assert torch.autograd.gradcheck(lambda inp: m(inp)[0], (x,))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,8 +5,7 @@ Replace ``torch.nn.LSTM`` with ``fusedrnn.torch.LSTM`` and change nothing else: 
 arguments, parameter names and shapes (state dicts load both ways), initialisation, forward
 arguments and results, PackedSequence and unbatched input. Differences:
 
-- CPU tensors, float32 or float64 only; LSTM ``proj_size > 0`` is refused by forward until the
-  core has the projection.
+- CPU tensors, float32 or float64 only; LSTM ``proj_size > 0`` runs in the fused core.
 - Dropout between layers draws its masks from the module's own generator (the ``seed`` attribute;
   default ``torch.initial_seed()``), not from torch's global random stream.
 - Threads: fusedrnn's BLAS calls use ``torch.get_num_threads()`` threads by default, so

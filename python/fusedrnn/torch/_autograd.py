@@ -26,7 +26,7 @@ class Stack:
     torch parameter lives in the flat vector, and the flat vector of the current parameter values.
 
     ``name_of(layer, direction, kind, part)`` gives the module's attribute name of a piece
-    (``kind`` 'weight'/'bias', ``part`` 'i2h'/'h2h'); pieces whose attribute is missing or None
+    (``kind`` 'weight'/'bias', ``part`` 'i2h'/'h2h'/'h2r'); pieces whose attribute is missing or None
     (bias=False) stay zero in the flat vector and their gradients are dropped.
 
     The flat vector: ``flatten(module)`` makes the module's parameters views into one buffer in the
@@ -38,13 +38,14 @@ class Stack:
     """
 
     def __init__(self, module: torch.nn.Module, mode: str, input_size: int, hidden_size: int,
-                 num_layers: int, bidirectional: bool, name_of: Callable[..., str]):
+                 num_layers: int, bidirectional: bool, name_of: Callable[..., str],
+                 proj_size: int = 0):
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
-        self.num_layers, self.bidirectional = num_layers, bidirectional
-        self.size = param_size(mode, input_size, hidden_size, num_layers, bidirectional)
+        self.num_layers, self.bidirectional, self.proj_size = num_layers, bidirectional, proj_size
+        self.size = param_size(mode, input_size, hidden_size, num_layers, bidirectional, proj_size)
         self.names: list[str] = []  # attribute names of the parameters present, in flat order
         self.slices: list[tuple[int, int, tuple]] = []  # (offset, size, shape) of each
-        for p in param_layout(mode, input_size, hidden_size, num_layers, bidirectional):
+        for p in param_layout(mode, input_size, hidden_size, num_layers, bidirectional, proj_size):
             name = name_of(p.layer, p.direction, p.kind, p.part)
             if getattr(module, name, None) is not None:
                 self.names.append(name)
@@ -123,7 +124,8 @@ class _Call:
         return F.forward(
             _np(x), flat, mode=s.mode, hidden_size=s.hidden_size, num_layers=s.num_layers,
             bidirectional=s.bidirectional, h0=_np(h0), c0=_np(c0), batch_first=self.batch_first,
-            training=training, mask=self.mask, zero_masked_output=self.mask is not None)
+            training=training, mask=self.mask, zero_masked_output=self.mask is not None,
+            proj_size=s.proj_size)
 
 
 class _FusedRNN(torch.autograd.Function):

@@ -40,7 +40,7 @@ _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 def _torch_name(layer: int, direction: int, kind: str, part: str, cell: bool = False) -> str:
     """torch.nn's name of a piece: weight_ih_l0, bias_hh_l1_reverse, ...; cells: weight_ih, ..."""
-    name = f"{kind}_{'hh' if part == 'h2h' else 'ih'}"
+    name = f"{kind}_{ {'i2h': 'ih', 'h2h': 'hh', 'h2r': 'hr'}[part] }"
     return name if cell else f"{name}_l{layer}{'_reverse' if direction else ''}"
 
 
@@ -194,8 +194,7 @@ class _RNNBase(nn.Module):
         reads them with no conversion (torch.nn does this for cuDNN). Called on construction, after
         ``.to()`` / ``.double()`` / ... and after unpickling or deepcopy; parameters moved out of
         the buffer otherwise still work, copied into a flat vector on every call."""
-        if self._projection_supported():
-            self._stack(0, self.num_layers).flatten(self)
+        self._stack(0, self.num_layers).flatten(self)
 
     def _apply(self, fn, recurse=True):
         ret = super()._apply(fn, recurse)
@@ -256,23 +255,13 @@ class _RNNBase(nn.Module):
         key = (first, count)
         if key not in self._stacks:
             D = 2 if self.bidirectional else 1
-            c_in = self.input_size if first == 0 else self.hidden_size * D
+            h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
+            c_in = self.input_size if first == 0 else h_out * D
             self._stacks[key] = _autograd.Stack(
                 self, self._core_mode, c_in, self.hidden_size, count, self.bidirectional,
-                lambda layer, d, kind, part: _torch_name(first + layer, d, kind, part))
+                lambda layer, d, kind, part: _torch_name(first + layer, d, kind, part),
+                self.proj_size)
         return self._stacks[key]
-
-    def _projection_supported(self) -> bool:
-        # The one place LSTM projection (proj_size > 0) meets the core: when the core and
-        # fusedrnn.forward take proj_size, the Stack passes it on (and its layer input size
-        # becomes proj_size * D above layer 0) and maps weight_hr_l* through param_layout.
-        return self.proj_size == 0
-
-    def _check_projection(self) -> None:
-        if not self._projection_supported():
-            raise ValueError(f"proj_size: not supported by this build yet (the fused core has no "
-                             f"LSTM projection), got proj_size={self.proj_size}; use "
-                             "torch.nn.LSTM for projections")
 
     def _run_layers(self, x, h0, c0, batch_first, mask):
         """(y, hN, cN) of all layers: one core call, or one per layer with dropout between them."""
@@ -295,7 +284,6 @@ class _RNNBase(nn.Module):
 
     def forward(self, input, hx=None):
         """(output, h_n), or (output, (h_n, c_n)) for LSTM, as torch.nn."""
-        self._check_projection()
         dtype = _param_dtype(self)
         lstm = self.mode == "LSTM"
         D = 2 if self.bidirectional else 1
