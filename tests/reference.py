@@ -114,53 +114,115 @@ def default_activation(mode):
     return "relu" if mode == "rnn_relu" else "tanh"
 
 
+def _per_gate(v, m, G):
+    """[v * mask of gate k for k < G]: m None (no dropout), one mask (N, width) for every gate, or
+    per-gate masks (G, N, width) (Keras implementation=1)."""
+    if m is None:
+        return [v] * G
+    m = np.asarray(m)
+    if m.ndim == 2:
+        return [v * m] * G  # one array for all gates: products stay one GEMM
+    return [v * m[k] for k in range(G)]
+
+
+def _product(vs, w, G):
+    """[vs[k] @ (gate k's rows of w)^T for k] side by side: one product when all vs are one."""
+    if all(v is vs[0] for v in vs):
+        return vs[0] @ w.T
+    return np.concatenate([vs[k] @ b.T for k, b in enumerate(_blocks(w, G))], axis=1)
+
+
+def _back_product(d, w, m, G):
+    """The gradient through ``_product``: sum over gates of (d_k @ block_k) * mask_k."""
+    if m is None or np.asarray(m).ndim == 2:
+        return (d @ w) * (1.0 if m is None else m)
+    H = w.shape[0] // G
+    return sum((d[:, k * H:(k + 1) * H] @ b) * m[k] for k, b in enumerate(_blocks(w, G)))
+
+
+def _grad_product(grad, d, vs, G):
+    """grad (G*H, width) += d^T vs, gate block by gate block when the vs differ."""
+    if all(v is vs[0] for v in vs):
+        grad += d.T @ vs[0]
+        return
+    H = grad.shape[0] // G
+    for k in range(G):
+        grad[k * H:(k + 1) * H] += d[:, k * H:(k + 1) * H].T @ vs[k]
+
+
+def _mask_of(m, k):
+    if m is None:
+        return 1.0
+    m = np.asarray(m)
+    return m[k] if m.ndim == 3 else m
+
+
+def _blocks(w, G):
+    H = w.shape[0] // G
+    return [w[k * H:(k + 1) * H] for k in range(G)]
+
+
 def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after, mx=None, mh=None,
                   whr=None):
-    """act, rec: activation names (cell, gates). mx (N, C), mh (N, H): dropout masks (scaled) on
-    the input and on the state as the recurrent product sees it; None means none. whr: the LSTM
-    projection (P, H): h' = (o * act(c')) whr^T."""
-    H = whh.shape[0] // NUM_GATES[mode]
+    """act, rec: activation names (cell, gates). mx, mh: dropout masks (scaled) on the input and on
+    the state as the recurrent product sees it: None, one (N, C) / (N, H) mask for all gates, or
+    one per gate (G, N, C) / (G, N, H) (gate k's input-projection block sees x * mx[k], its
+    recurrent block h * mh[k]). whr: the LSTM projection (P, H): h' = (o * act(c')) whr^T."""
+    G = NUM_GATES[mode]
+    H = whh.shape[0] // G
     f_act, f_rec = ACTIVATIONS[act][0], ACTIVATIONS[rec][0]
-    x = x if mx is None else x * mx
-    hd = h if mh is None else h * mh   # what W_hh multiplies
-    gi = x @ wih.T + bih          # (N, G*H)
+    xs = _per_gate(x, mx, G)     # what each gate's W_ih block multiplies
+    hds = _per_gate(h, mh, G)    # what each gate's W_hh block multiplies
+    wh = _blocks(whh, G)
+    gi = _product(xs, wih, G) + bih   # (N, G*H)
+    cache = dict(xs=xs, h=h, hds=hds, mx=mx, mh=mh)
     if mode == "lstm":
-        a = gi + hd @ whh.T + bhh
+        a = gi + _product(hds, whh, G) + bhh
         ai, af, ag, ao = (a[:, k * H:(k + 1) * H] for k in range(4))
         i, f, g, o = f_rec(ai), f_rec(af), f_act(ag), f_rec(ao)
         c_new = f * c + i * g
         h_raw = o * f_act(c_new)
         h_new = h_raw if whr is None else h_raw @ whr.T
-        return h_new, c_new, dict(x=x, h=h, hd=hd, mx=mx, mh=mh, c=c, ai=ai, af=af, ag=ag, ao=ao,
-                                  i=i, f=f, g=g, o=o, c_new=c_new, h_raw=h_raw, whr=whr)
+        return h_new, c_new, dict(cache, c=c, ai=ai, af=af, ag=ag, ao=ao, i=i, f=f, g=g, o=o,
+                                  c_new=c_new, h_raw=h_raw, whr=whr)
     if mode == "gru":
-        gh_rz = hd @ whh[:2 * H].T + bhh[:2 * H]
+        gh_rz = _product(hds[:2], whh[:2 * H], 2) + bhh[:2 * H]
         ar = gi[:, :H] + gh_rz[:, :H]
         az = gi[:, H:2 * H] + gh_rz[:, H:]
         r, z = f_rec(ar), f_rec(az)
         if reset_after:
-            ghn = hd @ whh[2 * H:].T + bhh[2 * H:]
+            ghn = hds[2] @ wh[2].T + bhh[2 * H:]
             an = gi[:, 2 * H:] + r * ghn
             rh = None
         else:
-            rh = r * hd
-            ghn = rh @ whh[2 * H:].T + bhh[2 * H:]
+            rh = r * hds[2]
+            ghn = rh @ wh[2].T + bhh[2 * H:]
             an = gi[:, 2 * H:] + ghn
         n = f_act(an)
         h_new = (1.0 - z) * n + z * h
-        return h_new, None, dict(x=x, h=h, hd=hd, mx=mx, mh=mh, ar=ar, az=az, an=an, r=r, z=z, n=n,
-                                 ghn=ghn, rh=rh)
-    a = gi + hd @ whh.T + bhh
-    return f_act(a), None, dict(x=x, h=h, hd=hd, mx=mx, mh=mh, a=a)
+        return h_new, None, dict(cache, ar=ar, az=az, an=an, r=r, z=z, n=n, ghn=ghn, rh=rh)
+    a = gi + hds[0] @ whh.T + bhh
+    return f_act(a), None, dict(cache, a=a)
 
 
 def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_after):
     """Returns (dx, dh, dc)."""
     f_act, d_act = ACTIVATIONS[act]
     d_rec = ACTIVATIONS[rec][1]
-    mx = 1.0 if sc["mx"] is None else sc["mx"]
-    mh = 1.0 if sc["mh"] is None else sc["mh"]
-    hd = sc["hd"]
+    G = NUM_GATES[mode]
+    H = whh.shape[0] // G
+    wh = _blocks(whh, G)
+    hds = sc["hds"]
+
+    def recurrent(dgh, gates):
+        """dh_prev through the recurrent blocks of the first ``gates`` gates (each through its
+        mask), and their dW_hh."""
+        m = sc["mh"]
+        m = m if m is None or np.asarray(m).ndim == 2 else np.asarray(m)[:gates]
+        rows = slice(0, gates * H)
+        _grad_product(grads["whh"][rows], dgh, hds[:gates], gates)
+        return _back_product(dgh, whh[rows], m, gates)
+
     if mode == "lstm":
         i, f, g, o, c_new = sc["i"], sc["f"], sc["g"], sc["o"], sc["c_new"]
         if sc["whr"] is not None:  # projection: h' = h_raw whr^T
@@ -175,11 +237,9 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
         da = np.concatenate([di * d_rec(sc["ai"]), df * d_rec(sc["af"]), dg * d_act(sc["ag"]),
                              do * d_rec(sc["ao"])], axis=1)
         dgi = dgh = da
-        dh_prev = (dgh @ whh) * mh
-        grads["whh"] += dgh.T @ hd
+        dh_prev = recurrent(dgh, 4)
     elif mode == "gru":
         r, z, n, h = sc["r"], sc["z"], sc["n"], sc["h"]
-        H = h.shape[1]
         dn = dh_new * (1.0 - z)
         dz = dh_new * (h - n)
         dan = dn * d_act(sc["an"])          # grad of n's pre-activation
@@ -188,26 +248,24 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
             dr = dan * sc["ghn"]
             dar = dr * d_rec(sc["ar"])
             dgh = np.concatenate([dar, daz, dan * r], axis=1)
-            dh_prev = (dgh @ whh) * mh + dh_new * z
-            grads["whh"] += dgh.T @ hd
+            dh_prev = recurrent(dgh, 3) + dh_new * z
         else:
-            drh = dan @ whh[2 * H:]
-            dr = drh * hd
+            drh = dan @ wh[2]
+            dr = drh * hds[2]
             dar = dr * d_rec(sc["ar"])
             dgh = np.concatenate([dar, daz, dan], axis=1)
-            dh_prev = (dgh[:, :2 * H] @ whh[:2 * H] + drh * r) * mh + dh_new * z
-            grads["whh"][:2 * H] += dgh[:, :2 * H].T @ hd
+            dh_prev = (recurrent(dgh[:, :2 * H], 2) + drh * r * _mask_of(sc["mh"], 2)
+                       + dh_new * z)
             grads["whh"][2 * H:] += dan.T @ sc["rh"]
         dgi = np.concatenate([dar, daz, dan], axis=1)
         dc_prev = None
     else:
         da = dh_new * d_act(sc["a"])
         dgi = dgh = da
-        dh_prev = (dgh @ whh) * mh
-        grads["whh"] += dgh.T @ hd
+        dh_prev = recurrent(dgh, 1)
         dc_prev = None
-    dx = (dgi @ wih) * mx
-    grads["wih"] += dgi.T @ sc["x"]
+    dx = _back_product(dgi, wih, sc["mx"], G)
+    _grad_product(grads["wih"], dgi, sc["xs"], G)
     grads["bih"] += dgi.sum(axis=0)
     grads["bhh"] += dgh.sum(axis=0)
     return dx, dh_prev, dc_prev

@@ -12,8 +12,9 @@ import reference as ref
 from conftest import (check_finite_differences, compare_with_yardstick, fused_dict, make_problem,
                       reference_dict, seed_of, uniform01)
 
-def masks_like_fusedrnn(seed, L, D, N, C, H, rate_x, rate_h):
-    """{(layer, dir): (mx, mh)} exactly as fusedrnn draws them."""
+def masks_like_fusedrnn(seed, L, D, N, C, H, rate_x, rate_h, gates=None):
+    """{(layer, dir): (mx, mh)} exactly as fusedrnn draws them; gates: the gate count with
+    per-gate masks ((G, N, width) each, consecutive in the stream), None for one mask."""
     out = {}
     for layer in range(L):
         cin = C if layer == 0 else D * H
@@ -23,7 +24,8 @@ def masks_like_fusedrnn(seed, L, D, N, C, H, rate_x, rate_h):
                 if rate == 0:
                     pair.append(None)
                     continue
-                u = uniform01(seed, (layer * 2 + d) * 2 + kind, N * width).reshape(N, width)
+                shape = (N, width) if gates is None else (gates, N, width)
+                u = uniform01(seed, (layer * 2 + d) * 2 + kind, int(np.prod(shape))).reshape(shape)
                 pair.append(np.where(u >= rate, 1.0 / (1.0 - rate), 0.0))
             out[(layer, d)] = tuple(pair)
     return out
@@ -34,16 +36,19 @@ CASES = [("lstm", True), ("gru", True), ("gru", False), ("rnn_tanh", True)]
 
 @pytest.mark.parametrize("mode,reset_after", CASES)
 @pytest.mark.parametrize("rates", [(0.3, 0.0), (0.0, 0.4), (0.25, 0.5)])
-def test_matches_reference_with_the_same_masks(mode, reset_after, rates):
+@pytest.mark.parametrize("per_gate", [False, True])
+def test_matches_reference_with_the_same_masks(mode, reset_after, rates, per_gate):
     seed = 12345
+    gates = {"lstm": 4, "gru": 3}.get(mode, 1) if per_gate else None
     for shape, L, bi in (((6, 4, 5, 16), 2, True), ((3, 1, 1, 1), 1, False)):
         p = make_problem(mode, *shape, L=L, bidirectional=bi, init=True,
                          seed=seed_of("drop", mode, rates, shape))
         T, N, C, H = shape
-        masks = masks_like_fusedrnn(seed, L, p.D, N, C, H, *rates)
+        masks = masks_like_fusedrnn(seed, L, p.D, N, C, H, *rates, gates=gates)
         want = reference_dict(p, reset_after=reset_after, dropout_masks=masks)
         yard = reference_dict(p, np.float32, reset_after=reset_after, dropout_masks=masks)
-        opt = dict(reset_after=reset_after, dropout=rates[0], recurrent_dropout=rates[1], seed=seed)
+        opt = dict(reset_after=reset_after, dropout=rates[0], recurrent_dropout=rates[1], seed=seed,
+                   dropout_per_gate=per_gate)
         for dtype in (np.float64, np.float32):
             compare_with_yardstick(fused_dict(p, dtype, **opt), want, dtype,
                                    f"[{mode} ra={reset_after} {rates} {shape} {dtype.__name__}]",
@@ -86,10 +91,12 @@ def test_mask_statistics():
 
 
 @pytest.mark.parametrize("mode,reset_after", CASES)
-def test_finite_differences(mode, reset_after):
+@pytest.mark.parametrize("per_gate", [False, True])
+def test_finite_differences(mode, reset_after, per_gate):
     p = make_problem(mode, 3, 2, 3, 3, 2, True, init=True, seed=seed_of("fddrop", mode),
                      f32_exact=False)
-    opt = dict(reset_after=reset_after, dropout=0.3, recurrent_dropout=0.4, seed=2024)
+    opt = dict(reset_after=reset_after, dropout=0.3, recurrent_dropout=0.4, seed=2024,
+               dropout_per_gate=per_gate)
     g = fused_dict(p, np.float64, **opt)
 
     def loss():

@@ -531,6 +531,34 @@ def test_dropout_masks_like_keras():
                 np.testing.assert_array_equal(ky, np.repeat(ky[:, :1], 3, axis=1))
 
 
+@pytest.mark.parametrize("make,per_gate", [
+    (lambda: L.LSTM(3, dropout=0.3, seed=1), False),
+    (lambda: L.LSTM(3, recurrent_dropout=0.3, seed=1), True),
+    (lambda: L.GRU(3, dropout=0.2, recurrent_dropout=0.3, seed=1, reset_after=False), True),
+    (lambda: L.RNN(L.GRUCell(3, recurrent_dropout=0.3, seed=1)), True),
+])
+def test_recurrent_dropout_draws_a_mask_per_gate_as_keras(monkeypatch, make, per_gate):
+    """Keras' LSTM and GRU switch to implementation=1 with recurrent_dropout > 0: one input and one
+    recurrent mask per gate (the kernel's dropout_per_gate, checked against the reference in
+    test_dropout.py); with input dropout only, one mask for all gates."""
+    seen = []
+    real = fusedrnn.functional.forward
+
+    def spy(*a, **kw):
+        seen.append(kw.get("dropout_per_gate", False))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fusedrnn.functional, "forward", spy)
+    layer = make()
+    x = np.ones((2, 4, 5), np.float32)
+    y = layer(x, training=True)
+    assert seen and all(s == per_gate for s in seen)
+    seen.clear()
+    layer(x)  # inference: no dropout, no per-gate masks
+    assert seen and not any(seen)
+    assert y.shape == (2, 3)
+
+
 def test_dropout_layers():
     """Rates of 0 and inference calls apply no dropout; the same seed gives the same masks; the
     gradient of a training call with dropout is that of the function it computed (central

@@ -151,7 +151,8 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
                   const std::string& recurrent_activation = "sigmoid", bool reset_after = true,
                   bool zero_masked_output = false, double dropout = 0.0,
                   double recurrent_dropout = 0.0, double zoneout_outputs = 0.0,
-                  double zoneout_states = 0.0, bool residual = false, int64_t proj_size = 0) {
+                  double zoneout_states = 0.0, bool residual = false, int64_t proj_size = 0,
+                  bool dropout_per_gate = false) {
   RnnDesc d;
   d.mode = parse_mode(mode);
   d.input_size = input_size;
@@ -170,6 +171,7 @@ RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_si
   d.zoneout_states = zoneout_states;
   d.residual = residual;
   d.proj_size = proj_size;
+  d.dropout_per_gate = dropout_per_gate;
   validate(d);
   return d;
 }
@@ -196,11 +198,12 @@ PYBIND11_MODULE(_C, m) {
                        const std::string& recurrent_activation, bool reset_after,
                        bool zero_masked_output, double dropout, double recurrent_dropout,
                        double zoneout_outputs, double zoneout_states, bool residual,
-                       int64_t proj_size) {
+                       int64_t proj_size, bool dropout_per_gate) {
              return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
                                         dtype, activation, recurrent_activation, reset_after,
                                         zero_masked_output, dropout, recurrent_dropout,
-                                        zoneout_outputs, zoneout_states, residual, proj_size),
+                                        zoneout_outputs, zoneout_states, residual, proj_size,
+                                        dropout_per_gate),
                               T, N, training);
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
@@ -210,7 +213,7 @@ PYBIND11_MODULE(_C, m) {
            py::arg("zero_masked_output") = false, py::arg("dropout") = 0.0,
            py::arg("recurrent_dropout") = 0.0, py::arg("zoneout_outputs") = 0.0,
            py::arg("zoneout_states") = 0.0, py::arg("residual") = false,
-           py::arg("proj_size") = 0)
+           py::arg("proj_size") = 0, py::arg("dropout_per_gate") = false)
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
       .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
@@ -232,6 +235,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("zoneout_states", [](const Plan& p) { return p.desc.zoneout_states; })
       .def_property_readonly("residual", [](const Plan& p) { return p.desc.residual; })
       .def_property_readonly("proj_size", [](const Plan& p) { return p.desc.proj_size; })
+      .def_property_readonly("dropout_per_gate",
+                             [](const Plan& p) { return p.desc.dropout_per_gate; })
       .def_readonly("T", &Plan::T)
       .def_readonly("N", &Plan::N)
       .def_readonly("training", &Plan::training)

@@ -25,6 +25,7 @@ struct Net {
   int64_t HS;          // width of h: the projection size, else H
   bool lstm, gru, rb;  // rb: GRU with the reset gate before the recurrent product
   bool proj;           // LSTM with a projection
+  int64_t DG;          // dropout masks per (layer, direction) and kind: G per gate, else 1
   bool sep;            // zoneout / residual: hidden states in rows of their own, apart from outputs
   explicit Net(const Plan& plan)
       : p(plan),
@@ -41,8 +42,11 @@ struct Net {
         gru(plan.desc.mode == Mode::kGru),
         rb(plan.desc.gru_reset_before()),
         proj(plan.desc.proj_size > 0),
+        DG(plan.desc.dropout_per_gate ? num_gates(plan.desc.mode) : 1),
         sep(plan.desc.separate_states(plan.training)) {}
 
+  // The gate-gradient slot of gate k's input part (reset-after GRU: n's is slot 3).
+  int64_t input_slot(int64_t k) const { return gru && !rb && k == 2 ? 3 : k; }
   // Steps of direction `dir` in processing order: s-th step is time index t.
   int64_t time_of(int dir, int64_t s) const { return dir == 0 ? s : T_ - 1 - s; }
   // Time index of the step before t in processing order.
@@ -111,7 +115,8 @@ T* zero_row(const Plan& p, T* ws) {
   return zeros;
 }
 
-// A scaled dropout mask (N, width): 1/(1 - rate) where kept, 0 where dropped; null when rate is 0.
+// Scaled dropout masks (count, N, width), consecutive in one stream: 1/(1 - rate) where kept, 0
+// where dropped; null when rate is 0. count: G with per-gate masks, else 1.
 template <typename T>
 T* dropout_mask(const Plan& p, T* ws, int64_t offset, int64_t width, double rate, uint64_t seed,
                 int64_t layer, int dir, DropoutKind kind) {
@@ -119,7 +124,7 @@ T* dropout_mask(const Plan& p, T* ws, int64_t offset, int64_t width, double rate
   T* m = ws + offset;
   const uint64_t stream = dropout_stream(layer, dir, kind);
   const T keep = static_cast<T>(1.0 / (1.0 - rate));
-  const int64_t count = p.N * width;
+  const int64_t count = (p.desc.dropout_per_gate ? num_gates(p.desc.mode) : 1) * p.N * width;
   for (int64_t i = 0; i < count; ++i)
     m[i] = uniform01(seed, stream, static_cast<uint64_t>(i)) >= rate ? keep : T(0);
   return m;
@@ -242,7 +247,7 @@ void forward(const Plan& p, const ForwardArgs& a) {
       const T* mh = dropout_mask(p, ws, p.ws.drop_h, H, p.desc.recurrent_dropout, a.seed, l, dir,
                                  DropoutKind::kRecurrent);
       Rows<const T> Xin = X;
-      if (mx) {
+      if (mx && net.DG == 1) {
         const Rows<T> Xm{ws + p.ws.xdrop, N * cin, cin};
         mask_rows(Xm, X, mx, T_, N, cin, false);
         Xin = Xm.as_const();
@@ -264,8 +269,18 @@ void forward(const Plan& p, const ForwardArgs& a) {
           ld_gx = GH;
           gx = ws + p.ws.gx;
         }
-        gemm_rows<T>(t1 - t0, N, Xin.shifted(t0), cin, true, w_ih, cin, GH, T(0),
-                     Rows<T>{gx, N * ld_gx, ld_gx});
+        if (mx && net.DG > 1) {
+          // per-gate masks (training: one chunk of all T steps): gate k's block sees x * mx_k
+          const Rows<T> Xm{ws + p.ws.xdrop, N * cin, cin};
+          for (int64_t k = 0; k < net.G; ++k) {
+            mask_rows(Xm, X, mx + k * N * cin, T_, N, cin, false);
+            gemm_rows<T>(T_, N, Xm.as_const(), cin, true, w_ih + k * H * cin, cin, H, T(0),
+                         Rows<T>{gx + k * H, N * ld_gx, ld_gx});
+          }
+        } else {
+          gemm_rows<T>(t1 - t0, N, Xin.shifted(t0), cin, true, w_ih, cin, GH, T(0),
+                       Rows<T>{gx, N * ld_gx, ld_gx});
+        }
 
         for (int64_t s = 0; s < t1 - t0; ++s) {
           const int64_t t = dir == 0 ? t0 + s : t1 - 1 - s;
@@ -296,15 +311,33 @@ void forward(const Plan& p, const ForwardArgs& a) {
           } else {
             st.h_rec = st.h_prev;
             st.ld_hrec = st.ld_hp;
-            if (mh) {  // recurrent dropout: the product sees h_{t-1} * mask
-              T* hm = ws + p.ws.hdrop;
-              mask_rows(Rows<T>{hm, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp}, mh, 1, N, H, false);
-              st.h_rec = hm;
-              st.ld_hrec = H;
-            }
             // the reset-before GRU projects only r and z here; n waits for r*h
-            cpu::gemm<T>(false, true, N, net.rb ? 2 * H : GH, HS, T(1), st.h_rec, st.ld_hrec, w_hh,
-                         HS, T(0), gh, GH);
+            const int64_t k_rec = net.rb ? 2 : net.G;
+            if (mh && net.DG > 1) {  // per-gate masks: gate k's product sees h_{t-1} * mh_k
+              T* hm = ws + p.ws.hdrop;
+              for (int64_t k = 0; k < k_rec; ++k) {
+                mask_rows(Rows<T>{hm, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp}, mh + k * N * H,
+                          1, N, H, false);
+                cpu::gemm<T>(false, true, N, H, H, T(1), hm, H, w_hh + k * H * H, H, T(0),
+                             gh + k * H, GH);
+              }
+              if (net.rb) {  // n's product sees r * (h_{t-1} * mh_n)
+                mask_rows(Rows<T>{hm + N * H, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp},
+                          mh + 2 * N * H, 1, N, H, false);
+                st.h_rec = hm + N * H;
+                st.ld_hrec = H;
+              }
+            } else {
+              if (mh) {  // recurrent dropout: the product sees h_{t-1} * mask
+                T* hm = ws + p.ws.hdrop;
+                mask_rows(Rows<T>{hm, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp}, mh, 1, N, H,
+                          false);
+                st.h_rec = hm;
+                st.ld_hrec = H;
+              }
+              cpu::gemm<T>(false, true, N, k_rec * H, HS, T(1), st.h_rec, st.ld_hrec, w_hh, HS,
+                           T(0), gh, GH);
+            }
             st.gh = gh;
             st.ld_gh = GH;
           }
@@ -542,19 +575,27 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
           const bool zero_h = first && !a.hx;
           st.h_rec = zero_h ? zeros : st.h_prev;
           st.ld_hrec = zero_h ? 0 : st.ld_hp;
+          const T* mh_n = mh && net.DG > 1 ? mh + 2 * N * H : mh;  // the mask n's product saw
           if (mh && !zero_h) {
-            mask_rows(Rows<T>{hm, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp}, mh, 1, N, H, false);
+            mask_rows(Rows<T>{hm, 0, H}, Rows<const T>{st.h_prev, 0, st.ld_hp}, mh_n, 1, N, H,
+                      false);
             st.h_rec = hm;
             st.ld_hrec = H;
           }
-          st.rec_mask = mh;
+          st.rec_mask = mh_n;
           cell.backward2(st);
         }
         if (zone && zn.p_state > 0.0f) {  // the zoned-out elements' gradients skip this step
           add_rows(dh, zn.skip_h, N * H);
           if (net.lstm) add_rows(dc, zn.skip_c, N * H);
         }
-        if (mh) {
+        if (mh && net.DG > 1) {  // per-gate masks: each gate's part through its own mask
+          for (int64_t k = 0; k < k_rec / H; ++k) {
+            cpu::gemm<T>(false, false, N, H, H, T(1), st.dg + k * H, net.SH, w_hh + k * H * H, H,
+                         T(0), tmp, H);
+            mask_rows(Rows<T>{dh, 0, H}, Rows<const T>{tmp, 0, H}, mh + k * N * H, 1, N, H, true);
+          }
+        } else if (mh) {
           cpu::gemm<T>(false, false, N, H, k_rec, T(1), st.dg, net.SH, w_hh, H, T(0), tmp, H);
           mask_rows(Rows<T>{dh, 0, H}, Rows<const T>{tmp, 0, H}, mh, 1, N, H, true);
         } else {
@@ -569,6 +610,14 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
       const Rows<const T> dG = net.slots(grads).as_const();
       const Rows<T> dXd = mx ? Rows<T>{ws + p.ws.xdrop, N * cin, cin} : dX;
       const T beta = dir == 0 || mx ? T(0) : T(1);
+      if (mx && net.DG > 1) {  // per-gate masks: dX += (dG_k W_ih_k) * mx_k for each gate
+        for (int64_t k = 0; k < net.G; ++k) {
+          gemm_rows<T>(T_, N, dG.shifted(0, net.input_slot(k) * H), H, false, w_ih + k * H * cin,
+                       cin, cin, T(0), dXd);
+          mask_rows(dX, dXd.as_const(), mx + k * N * cin, T_, N, cin, dir > 0 || k > 0);
+        }
+        continue;
+      }
       if (net.gru && !net.rb) {  // dG_x = [dr, dz | dn] lives in slots 0, 1 and 3
         gemm_rows<T>(T_, N, dG, 2 * H, false, w_ih, cin, cin, beta, dXd);
         gemm_rows<T>(T_, N, dG.shifted(0, 3 * H), H, false, w_ih + 2 * H * cin, cin, cin, T(1), dXd);
@@ -611,7 +660,7 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
       const T* mh = dropout_mask(p, ws, p.ws.drop_h, H, p.desc.recurrent_dropout, a.seed, l, dir,
                                  DropoutKind::kRecurrent);
       Rows<const T> Xin = X;  // the layer input as the projection saw it (masked with dropout)
-      if (mx) {
+      if (mx && net.DG == 1) {
         const Rows<T> Xm{ws + p.ws.xdrop, N * cin, cin};
         mask_rows(Xm, X, mx, T_, N, cin, false);
         Xin = Xm.as_const();
@@ -619,7 +668,14 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
 
       const bool split = net.gru && !net.rb;  // reset-after GRU: dG_x = [dr, dz | dn], slots 0, 1, 3
       // dW_ih += dG_x^T X
-      if (split) {
+      if (mx && net.DG > 1) {  // per-gate masks: gate k's rows pair with x * mx_k
+        const Rows<T> Xm{ws + p.ws.xdrop, N * cin, cin};
+        for (int64_t k = 0; k < net.G; ++k) {
+          mask_rows(Xm, X, mx + k * N * cin, T_, N, cin, false);
+          gemm_rows_tn<T>(T_, N, dG.shifted(0, net.input_slot(k) * H), H, Xm.as_const(), cin,
+                          dw + off.w_ih + k * H * cin, cin);
+        }
+      } else if (split) {
         gemm_rows_tn<T>(T_, N, dG, 2 * H, Xin, cin, dw + off.w_ih, cin);
         gemm_rows_tn<T>(T_, N, dG.shifted(0, 3 * H), H, Xin, cin, dw + off.w_ih + 2 * H * cin, cin);
       } else {
@@ -630,19 +686,26 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
       // reset-before GRU does this for r and z; its n rows pair with the saved r*h of the same step.
       const int64_t m_rec = net.rb ? 2 * H : GH;
       if (mh) {
-        // recurrent dropout: pair every step with its masked h_{t-1}, gathered in time order
+        // recurrent dropout: pair every step with its masked h_{t-1}, gathered in time order; with
+        // per-gate masks once per gate, for that gate's rows
         const Rows<T> Hm{ws + p.ws.xdrop, N * H, H};
-        for (int64_t t = 0; t < T_; ++t) {
-          const bool first = t == net.time_of(dir, 0);
-          const T* src = first ? (a.hx ? static_cast<const T*>(a.hx) + si * N * H : nullptr)
-                               : Hs.row(net.prev_of(dir, t));
-          if (src) {
-            mask_rows(Hm.shifted(t), Rows<const T>{src, 0, first ? H : Hs.sn}, mh, 1, N, H, false);
-          } else {
-            std::memset(Hm.row(t), 0, sizeof(T) * N * H);
+        const int64_t passes = net.DG > 1 ? m_rec / H : 1;
+        for (int64_t k = 0; k < passes; ++k) {
+          for (int64_t t = 0; t < T_; ++t) {
+            const bool first = t == net.time_of(dir, 0);
+            const T* src = first ? (a.hx ? static_cast<const T*>(a.hx) + si * N * H : nullptr)
+                                 : Hs.row(net.prev_of(dir, t));
+            if (src) {
+              mask_rows(Hm.shifted(t), Rows<const T>{src, 0, first ? H : Hs.sn}, mh + k * N * H,
+                        1, N, H, false);
+            } else {
+              std::memset(Hm.row(t), 0, sizeof(T) * N * H);
+            }
           }
+          const int64_t rows = net.DG > 1 ? H : m_rec;
+          gemm_rows_tn<T>(T_, N, dG.shifted(0, k * H), rows, Hm.as_const(), H,
+                          dw + off.w_hh + k * H * H, H);
         }
-        gemm_rows_tn<T>(T_, N, dG, m_rec, Hm.as_const(), H, dw + off.w_hh, H);
       } else {
         if (T_ > 1) {
           const Rows<const T> dGh = dir == 0 ? dG.shifted(1) : dG;
@@ -654,11 +717,11 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
           const Rows<const T> h0{static_cast<const T*>(a.hx) + si * N * HS, 0, HS};
           gemm_rows_tn<T>(1, N, dG.shifted(t_first), m_rec, h0, HS, dw + off.w_hh, HS);
         }
-        if (net.proj) {  // dW_hr += dH^T (o * act(c))
-          const Rows<const T> dP{rs + p.reserve.dproj[si], N * HS, HS};
-          const Rows<const T> Hr{rs + p.reserve.hraw[si], N * H, H};
-          gemm_rows_tn<T>(T_, N, dP, HS, Hr, H, dw + off.w_hr, H);
-        }
+      }
+      if (net.proj) {  // dW_hr += dH^T (o * act(c))
+        const Rows<const T> dP{rs + p.reserve.dproj[si], N * HS, HS};
+        const Rows<const T> Hr{rs + p.reserve.hraw[si], N * H, H};
+        gemm_rows_tn<T>(T_, N, dP, HS, Hr, H, dw + off.w_hr, H);
       }
       if (net.rb) {
         const Rows<const T> RH = net.slots(const_cast<T*>(rs) + p.reserve.gates[si]).as_const();

@@ -68,6 +68,7 @@ def memory(
     zoneout_states: float = 0.0,
     residual: bool = False,
     proj_size: int = 0,
+    dropout_per_gate: bool = False,
 ) -> Memory:
     """Bytes of scratch and reserve that forward (and backward) of this shape and these options
     use, known up front (the options that change them: training, reset_after, zero_masked_output,
@@ -92,6 +93,7 @@ def memory(
         **_zone_options(zoneout_outputs, zoneout_states, residual),
         **_cell_options(mode, None, None, reset_after),
         proj_size=chk.size("proj_size", proj_size, 0),
+        dropout_per_gate=chk.flag("dropout_per_gate", dropout_per_gate),
     )
     return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))
 
@@ -153,6 +155,7 @@ def forward(
     zoneout_states: float = 0.0,
     residual: bool = False,
     proj_size: int = 0,
+    dropout_per_gate: bool = False,
     seed: Optional[int] = None,
 ) -> ForwardResult:
     """Runs the network over a sequence.
@@ -178,7 +181,9 @@ def forward(
     only (Keras semantics): one mask per sequence on each layer's input (N, C_in) and one on the
     state before the recurrent product (N, H), per layer and direction, scaled by 1/(1 - rate). The
     masks are a pure function of ``seed`` and position (same seed, same masks, whatever the thread
-    count); ``seed=None`` draws one.
+    count); ``seed=None`` draws one. ``dropout_per_gate``: one input mask and one recurrent mask per
+    gate instead of one for all gates (what Keras 3's LSTM and GRU do when recurrent_dropout > 0:
+    implementation=1), each gate's weight block seeing its own masked input and state.
 
     zoneout_outputs, zoneout_states: probabilities in [0, 1] of zoneout (MXNet ZoneoutCell), in
     ``training`` only: per step and element, the state (h, and c independently) keeps its previous
@@ -269,7 +274,9 @@ def forward(
             m = m.astype(np.bool_)
         mask_t = _time_major(m, batch_first).view(np.uint8)
     plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
-                   zero_masked_output=zero_masked_output, proj_size=P, **rates, **zone, **options)
+                   zero_masked_output=zero_masked_output, proj_size=P,
+                   dropout_per_gate=chk.flag("dropout_per_gate", dropout_per_gate), **rates,
+                   **zone, **options)
     y = np.empty((N, T, D * S) if batch_first else (T, N, D * S), dtype=dtype)
     hN = np.empty(state_shape, dtype=dtype)
     cN = np.empty(cell_shape, dtype=dtype) if mode == "lstm" else None

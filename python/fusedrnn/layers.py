@@ -56,12 +56,12 @@ Differences from Keras, on purpose:
   only dropout with it), so two layers made with the same seed get the same weights. Built-in
   initializers follow Keras's distributions (not Keras's random streams).
 - ``dropout`` / ``recurrent_dropout`` must lie in [0, 1) (Keras clamps silently). They apply in
-  training calls only, through the fused kernel's variational dropout: one input mask (N, C) and
-  one recurrent mask (N, U) per sequence, scaled by 1/(1 - rate), new masks every call (drawn from
-  the layer's ``seed``: layers with the same seed draw the same masks). Keras does the same, except
-  that with ``recurrent_dropout > 0`` its LSTM and GRU switch to ``implementation=1`` and draw one
-  mask per gate (4 or 3 input masks and as many recurrent masks). Masks are random in both, so
-  only the semantics agree, not the values.
+  training calls only, through the fused kernel's variational dropout, as Keras: one input mask
+  (N, C) per sequence, scaled by 1/(1 - rate), and, with ``recurrent_dropout > 0`` (where Keras'
+  LSTM and GRU switch to ``implementation=1``), one input mask and one recurrent mask (N, U) per
+  gate (4 or 3 of each); new masks every call, drawn from the layer's ``seed`` (layers with the
+  same seed draw the same masks). Masks are random in both, so the semantics agree, not the
+  values.
 - ``set_weights`` on an unbuilt layer builds it from the kernel's shape (Keras refuses).
 - Regularizers and constraints are accepted only as None.
 """
@@ -571,7 +571,8 @@ class _RNN:
             self._dropout_rng = np.random.default_rng(
                 None if self.seed is None else [self.seed, self._stream, 1])
         seed = int(self._dropout_rng.integers(0, 2**62))
-        return dict(dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, seed=seed)
+        return dict(dropout=self.dropout, recurrent_dropout=self.recurrent_dropout, seed=seed,
+                    dropout_per_gate=self.recurrent_dropout > 0)
 
     def _cell_kw(self) -> dict:
         kw = dict(activation=self.activation)
@@ -1565,7 +1566,7 @@ class _Cell:
         if self._mask_seed is None:  # the kernel's masks are a function of the seed: one mask set
             self._mask_seed = core._dropout_kw(True)["seed"]
         return dict(dropout=core.dropout, recurrent_dropout=core.recurrent_dropout,
-                    seed=self._mask_seed)
+                    seed=self._mask_seed, dropout_per_gate=core.recurrent_dropout > 0)
 
     def _step(self, x, init, training, keep):
         core = self._core

@@ -66,6 +66,10 @@ struct RnnDesc {
   // direction, drawn from (seed, position) by fusedrnn/random.h; inverted scaling 1/(1 - rate).
   double dropout = 0.0;
   double recurrent_dropout = 0.0;
+  // Per-gate masks (Keras 3's LSTM/GRU with recurrent_dropout > 0, implementation=1): G input masks
+  // and G recurrent masks per layer and direction, gate k's W_ih block seeing x * mx_k and its W_hh
+  // block h * mh_k (GRU reset-before: n's product sees r * (h * mh_n)).
+  bool dropout_per_gate = false;
   // Zoneout (MXNet ZoneoutCell, Krueger et al. 2016), training only: per step and element, the state
   // (h, and c for LSTM, independently) keeps its previous value with probability zoneout_states, and
   // the output keeps the previous step's output (zero before the first) with probability
@@ -154,8 +158,8 @@ struct Plan {
     int64_t dc = -1;        // backward: running dc (N, H)
     int64_t inter[2] = {-1, -1};  // inter-layer activations / gradients (T, N, D*H), ping-pong
     int64_t states = -1;    // inference with zero_masked_output: the last layer's states (T, N, D*H)
-    int64_t drop_x = -1;    // dropout: the input mask of one (layer, dir) (N, C_in)
-    int64_t drop_h = -1;    // recurrent dropout: the state mask (N, H)
+    int64_t drop_x = -1;    // dropout: the input mask(s) of one (layer, dir) (1 or G, N, C_in)
+    int64_t drop_h = -1;    // recurrent dropout: the state mask(s) (1 or G, N, H)
     int64_t xdrop = -1;     // dropout: masked layer input / input-gradient scratch / masked states
                             // (T, N, max(C_in, H))
     int64_t hdrop = -1;     // recurrent dropout: masked h_{t-1} and a GEMM scratch (2, N, H)
