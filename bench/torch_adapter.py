@@ -36,7 +36,6 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import compare  # noqa: E402
 import fusedrnn  # noqa: E402
@@ -46,26 +45,9 @@ OURS = {"lstm": ft.LSTM, "gru": ft.GRU}
 
 
 def module_call(w: compare.Workload, module, x: torch.Tensor):
-    """forward (+ backward of the outputs used) through a torch-style module."""
-    x = x.clone().requires_grad_(w.train)
-    lengths = torch.tensor(w.lengths) if w.lengths is not None else None
-
-    def run() -> torch.Tensor:
-        if lengths is None:
-            return module(x)[0]
-        return module(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
-
-    def call() -> np.ndarray:
-        if not w.train:
-            with torch.no_grad():
-                return run().numpy()
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        y = run()
-        (y[-1] if w.last_only else y).sum().backward()
-        return y.detach().numpy()
-
-    return call
+    """forward (+ backward of the outputs used) through a torch-style module: compare.py's torch
+    call (W6 as a PackedSequence, enforce_sorted=False)."""
+    return compare.torch_call(w, module, x, packed=w.lengths is not None)
 
 
 def core_call(w: compare.Workload, x: np.ndarray, flat: np.ndarray):

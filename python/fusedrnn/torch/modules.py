@@ -108,7 +108,32 @@ def _pack_like(y: torch.Tensor, padded: _Padded, seq: PackedSequence) -> PackedS
 # LSTM / GRU / RNN
 
 
-class _RNNBase(nn.Module):
+class _FlatModule(nn.Module):
+    """What the modules and cells share: torch.nn's init (uniform in +-1/sqrt(hidden_size)) and
+    keeping the parameters in the core's flat layout (``flatten_parameters``) across ``.to()`` /
+    ``.double()`` / ... and unpickling or deepcopy."""
+
+    hidden_size: int
+
+    def flatten_parameters(self) -> None:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return ret
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.flatten_parameters()
+
+
+class _RNNBase(_FlatModule):
     """Shared by LSTM, GRU and RNN; ``mode`` is torch's ('LSTM', 'GRU', 'RNN_TANH', 'RNN_RELU')."""
 
     __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first",
@@ -176,10 +201,6 @@ class _RNNBase(nn.Module):
 
     # ----------------------------------------------------------------- torch.nn compatibility
 
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -196,14 +217,6 @@ class _RNNBase(nn.Module):
         the buffer otherwise still work, copied into a flat vector on every call."""
         self._stack(0, self.num_layers).flatten(self)
 
-    def _apply(self, fn, recurse=True):
-        ret = super()._apply(fn, recurse)
-        self.flatten_parameters()
-        return ret
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.flatten_parameters()
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -383,7 +396,7 @@ class RNN(_RNNBase):
 # Cells: one step (T = 1) of a one-layer network
 
 
-class _CellBase(nn.Module):
+class _CellBase(_FlatModule):
     __constants__ = ["input_size", "hidden_size", "bias"]
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool, device, dtype):
@@ -416,20 +429,6 @@ class _CellBase(nn.Module):
     def flatten_parameters(self) -> None:
         """As the LSTM/GRU/RNN modules': the parameters become views into the core's flat layout."""
         self._stack.flatten(self)
-
-    def _apply(self, fn, recurse=True):
-        ret = super()._apply(fn, recurse)
-        self.flatten_parameters()
-        return ret
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.flatten_parameters()
-
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
