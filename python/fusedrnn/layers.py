@@ -799,16 +799,17 @@ class SimpleRNN(_RNN):
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
 
-def _bi_index(mode, C, U):
-    """(idx_f, idx_b): positions in the bidirectional flat vector of each entry of the forward and
-    backward layers' own (one-direction) flat vectors."""
+def _bi_pieces(mode, C, U):
+    """Per direction: [(slice of the bidirectional flat vector, slice of that direction's own
+    one-direction flat vector)], one pair per weight or bias piece (slice copies, no index
+    arrays)."""
     uni = {(p.kind, p.part): p for p in param_layout(mode, C, U)}
-    n = param_size(mode, C, U)
-    idx = [np.empty(n, np.intp), np.empty(n, np.intp)]
+    pieces = ([], [])
     for p in param_layout(mode, C, U, 1, True):
         q = uni[(p.kind, p.part)]
-        idx[p.direction][q.offset:q.offset + q.size] = np.arange(p.offset, p.offset + p.size)
-    return idx
+        pieces[p.direction].append((slice(p.offset, p.offset + p.size),
+                                    slice(q.offset, q.offset + q.size)))
+    return pieces
 
 
 class Bidirectional:
@@ -954,22 +955,32 @@ class Bidirectional:
                 "dtype", "input_dim", "zero_output_for_mask", "dropout", "recurrent_dropout")
         return all(getattr(fw, a) == getattr(bw, a) for a in same)
 
-    def _bi_index(self):
+    def _bi_pieces(self):
         fw = self.forward_layer
         key = (fw._mode, fw.input_dim, fw.units)
         if self._bi_cache is None or self._bi_cache[0] != key:
-            self._bi_cache = (key, _bi_index(*key))
+            self._bi_cache = (key, _bi_pieces(*key))
         return self._bi_cache[1]
 
     def _bi_flat(self) -> np.ndarray:
         """The two layers' flat vectors as one bidirectional flat vector (a new array every call:
         the layers' weights may have changed in place since the last one)."""
         fw, bw = self.forward_layer, self.backward_layer
-        idx_f, idx_b = self._bi_index()
         flat = np.empty(2 * fw._flat.size, fw.dtype)
-        flat[idx_f] = fw._flat
-        flat[idx_b] = bw._flat
+        for layer, pieces in zip((fw, bw), self._bi_pieces()):
+            for whole, own in pieces:
+                flat[whole] = layer._flat[own]
         return flat
+
+    def _bi_split(self, dw) -> tuple:
+        """The bidirectional flat gradient as the two layers' own flat gradients."""
+        out = []
+        for pieces in self._bi_pieces():
+            g = np.empty(dw.size // 2, dw.dtype)
+            for whole, own in pieces:
+                g[own] = dw[whole]
+            out.append(g)
+        return tuple(out)
 
     def _merge(self, y, y_rev):
         mode = self.merge_mode
@@ -1147,9 +1158,9 @@ class Bidirectional:
             if lstm and ds[1] is not None:
                 dcN[d] += fw._grad_array("d_states", ds[1], (N, U))
         g = functional.backward(ctx, dy=dy, dhN=dhN, dcN=dcN)
-        idx_f, idx_b = self._bi_index()
-        fw._set_grads(g.dw[idx_f])
-        bw._set_grads(g.dw[idx_b])
+        dw_f, dw_b = self._bi_split(g.dw)
+        fw._set_grads(dw_f)
+        bw._set_grads(dw_b)
         if had_initial_state:
             if lstm:
                 return g.dx, [g.dh0[0], g.dc0[0], g.dh0[1], g.dc0[1]]
