@@ -148,6 +148,23 @@ void mask_rows(Rows<T> dst, Rows<const T> src, const T* mask, int64_t nt, int64_
   }
 }
 
+// The zoneout / residual epilogue of (layer, direction): sizes, probabilities (training only) and
+// the keys of its mask streams.
+template <typename T>
+StepZone<T> zone_of(const Plan& p, uint64_t seed, int64_t layer, int dir) {
+  StepZone<T> zn;
+  zn.N = p.N;
+  zn.H = p.desc.hidden_size;
+  if (p.training) {
+    zn.p_out = static_cast<float>(p.desc.zoneout_outputs);
+    zn.p_state = static_cast<float>(p.desc.zoneout_states);
+  }
+  zn.key_h = stream_key(seed, zoneout_stream(layer, dir, ZoneoutKind::kState));
+  zn.key_c = stream_key(seed, zoneout_stream(layer, dir, ZoneoutKind::kCell));
+  zn.key_o = stream_key(seed, zoneout_stream(layer, dir, ZoneoutKind::kOutput));
+  return zn;
+}
+
 // Projection, after h = (o * act(c)) W_hr^T: masked rows keep h_{t-1} (the kernel left zeros), and
 // the user's y (when it is not where h lives) gets h, or zero for masked rows with zero_masked_output.
 template <typename T>
@@ -222,19 +239,8 @@ void forward(const Plan& p, const ForwardArgs& a) {
       fold_bias(net, w + off.b_ih, w + off.b_hh, bias);
       const auto S = net.states(O, rs, ws, si, dir);
       // Zoneout (training) and residual: the step's epilogue, with its mask streams.
-      StepZone<T> zn;
       const bool zone = net.sep;
-      if (zone) {
-        zn.N = N;
-        zn.H = H;
-        if (p.training) {
-          zn.p_out = static_cast<float>(p.desc.zoneout_outputs);
-          zn.p_state = static_cast<float>(p.desc.zoneout_states);
-        }
-        zn.key_h = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kState));
-        zn.key_c = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kCell));
-        zn.key_o = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kOutput));
-      }
+      StepZone<T> zn = zone_of<T>(p, a.seed, l, dir);
       int64_t ld_h0, ld_c0;
       const T* h0 = state_or_zero<T>(a.hx, si, N, HS, zeros, &ld_h0);
       const T* c0 = state_or_zero<T>(a.cx, si, N, H, zeros, &ld_c0);
@@ -458,17 +464,10 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
       const T* w_hr = net.proj ? w + off.w_hr : nullptr;
       const auto S = net.states(O, rs, ws, si, dir);
       // Zoneout / residual: the gradient splits of the forward's epilogue, in workspace rows.
-      StepZone<T> zn;
       const bool zone = net.sep;
+      StepZone<T> zn = zone_of<T>(p, a.seed, l, dir);
       if (zone) {
         T* zw = ws + p.ws.zone;
-        zn.N = N;
-        zn.H = H;
-        zn.p_out = static_cast<float>(p.desc.zoneout_outputs);
-        zn.p_state = static_cast<float>(p.desc.zoneout_states);
-        zn.key_h = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kState));
-        zn.key_c = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kCell));
-        zn.key_o = stream_key(a.seed, zoneout_stream(l, dir, ZoneoutKind::kOutput));
         zn.carry = zw;
         zn.dk = zw + N * H;
         zn.skip_h = zw + 2 * N * H;
