@@ -76,7 +76,6 @@ colon); use ``load_params`` for plain ``nd.save`` files.
 
 from __future__ import annotations
 
-import operator
 import os
 import secrets
 import struct
@@ -84,6 +83,8 @@ import zipfile
 from collections.abc import Mapping
 
 import numpy as np
+
+from . import _checks as chk
 
 __all__ = [
     "CheckpointError",
@@ -559,15 +560,7 @@ def _cell_desc(i: int, cell) -> str:
 
 
 def _epoch(epoch) -> int:
-    if isinstance(epoch, (bool, np.bool_)):
-        raise TypeError(f"epoch: expected an integer, got {epoch!r}")
-    try:
-        e = operator.index(epoch)
-    except TypeError:
-        raise TypeError(f"epoch: expected an integer, got {type(epoch).__name__}") from None
-    if e < 0:
-        raise ValueError(f"epoch: expected a non-negative integer, got {e}")
-    return e
+    return chk.size("epoch", epoch, 0)
 
 
 def checkpoint_path(prefix, epoch, format="npz") -> str:

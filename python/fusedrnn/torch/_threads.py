@@ -23,10 +23,11 @@ with other work vary far more (2 / 2 took 480-920 ms in one such run).
 from __future__ import annotations
 
 import ctypes
-import operator
 from typing import Optional
 
 import torch
+
+from .. import _checks as chk
 
 
 def _load_setters():
@@ -69,14 +70,7 @@ def set_num_threads(n: Optional[int]) -> None:
     if n is None:
         _pinned = None
         return
-    if isinstance(n, bool):
-        raise TypeError(f"n: expected an integer >= 1 or None, got {n!r}")
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n: expected an integer >= 1 or None, got {type(n).__name__} {n!r}") from None
-    if n < 1:
-        raise ValueError(f"n: expected an integer >= 1 or None, got {n}")
+    n = chk.size("n", n, 1)
     _pinned = n
     _set_blas(n)
 
