@@ -134,19 +134,16 @@ def test_zoneout_rates_are_what_was_asked():
     np.testing.assert_array_equal(r.cN[0], p.c0[0])
     r = fusedrnn.forward(p.x, p.flat, zoneout_outputs=1.0, **kw)
     np.testing.assert_array_equal(r.y, 0.0)
-    # an intermediate probability keeps about that fraction of the elements
-    T, N, H = 200, 16, 32
-    x = np.zeros((T, N, 3), np.float32)
-    w = fusedrnn.init_weights("rnn_tanh", 3, H, seed=0)
+    # an intermediate probability keeps about that fraction of the elements: with zero weights the
+    # cell's new h is tanh(0) = 0, so after one step kept elements show h0 = 0.5, the others 0
+    N, H = 64, 32
+    x = np.zeros((1, N, 3), np.float32)
+    w = np.zeros(fusedrnn.param_size("rnn_tanh", 3, H), np.float32)
     h0 = np.full((1, N, H), 0.5, np.float32)
-    w[:] = 0  # the cell's new h is tanh(0) = 0, so kept elements show as 0.5
     r = fusedrnn.forward(x, w, mode="rnn_tanh", hidden_size=H, h0=h0, training=True, seed=3,
                          zoneout_states=0.25)
-    kept = float(np.mean(r.hN == 0.5))  # kept at every one of 200 steps: 0.25^200, so ~0
-    assert kept == 0.0
-    r = fusedrnn.forward(x[:1], w, mode="rnn_tanh", hidden_size=H, h0=h0, training=True, seed=3,
-                         zoneout_states=0.25)
-    assert abs(float(np.mean(r.hN == 0.5)) - 0.25) < 0.05
+    assert set(np.unique(r.hN)) == {0.0, 0.5}
+    assert abs(float(np.mean(r.hN == 0.5)) - 0.25) < 0.03  # 2048 elements: 5 sigma is 0.024
 
 
 @pytest.mark.parametrize("kw,msg", [

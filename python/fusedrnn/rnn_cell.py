@@ -1517,7 +1517,7 @@ def _fused_chain(cell):
     if inner is None:
         return None
     gate, opts = inner
-    if isinstance(cell, ZoneoutCell):
+    if type(cell) is ZoneoutCell:
         if "zoneout_states" in opts or (opts.get("residual") and cell.zoneout_outputs > 0):
             return None
         return gate, dict(opts, zoneout_outputs=cell.zoneout_outputs,
