@@ -42,7 +42,7 @@ struct Net {
         gru(plan.desc.mode == Mode::kGru),
         rb(plan.desc.gru_reset_before()),
         proj(plan.desc.proj_size > 0),
-        DG(plan.desc.dropout_per_gate ? num_gates(plan.desc.mode) : 1),
+        DG(plan.desc.dropout_mask_count()),
         sep(plan.desc.separate_states(plan.training)) {}
 
   // The gate-gradient slot of gate k's input part (reset-after GRU: n's is slot 3).
@@ -124,7 +124,7 @@ T* dropout_mask(const Plan& p, T* ws, int64_t offset, int64_t width, double rate
   T* m = ws + offset;
   const uint64_t stream = dropout_stream(layer, dir, kind);
   const T keep = static_cast<T>(1.0 / (1.0 - rate));
-  const int64_t count = (p.desc.dropout_per_gate ? num_gates(p.desc.mode) : 1) * p.N * width;
+  const int64_t count = p.desc.dropout_mask_count() * p.N * width;
   for (int64_t i = 0; i < count; ++i)
     m[i] = uniform01(seed, stream, static_cast<uint64_t>(i)) >= rate ? keep : T(0);
   return m;

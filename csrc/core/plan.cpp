@@ -83,7 +83,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   if (P > 0) p.ws.proj = ws.take(2, N, H);
   if (training && (desc.dropout > 0 || desc.recurrent_dropout > 0)) {
     const int64_t widest = std::max(desc.input_size, std::max<int64_t>(D * H, H));
-    const int64_t masks = desc.dropout_per_gate ? num_gates(desc.mode) : 1;
+    const int64_t masks = desc.dropout_mask_count();
     p.ws.xdrop = ws.take(T, N, widest);
     if (desc.dropout > 0) p.ws.drop_x = ws.take(masks * N, widest);
     if (desc.recurrent_dropout > 0) {

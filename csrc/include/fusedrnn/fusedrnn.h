@@ -83,6 +83,8 @@ struct RnnDesc {
   bool residual = false;
 
   bool zoneout() const { return zoneout_outputs > 0.0 || zoneout_states > 0.0; }
+  // Dropout masks of each kind per (layer, direction): one per gate with dropout_per_gate, else 1.
+  int64_t dropout_mask_count() const { return dropout_per_gate ? num_gates(mode) : 1; }
   // Whether a layer's output differs from its hidden state, so the states need rows of their own.
   bool separate_states(bool training) const { return residual || (training && zoneout()); }
   bool gru_reset_before() const { return mode == Mode::kGru && !reset_after; }
