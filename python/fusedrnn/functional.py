@@ -244,20 +244,18 @@ def forward(
     rates = {name: _rate(name, value) for name, value in
              (("dropout", dropout), ("recurrent_dropout", recurrent_dropout))}
     zone = _zone_options(zoneout_outputs, zoneout_states, residual)
-    if P and (zone["residual"] or zone["zoneout_outputs"] > 0 or zone["zoneout_states"] > 0
-              or rates["recurrent_dropout"] > 0):
+    zoning = zone["zoneout_outputs"] > 0 or zone["zoneout_states"] > 0
+    if P and (zone["residual"] or zoning or rates["recurrent_dropout"] > 0):
         raise ValueError("proj_size: not supported together with zoneout, residual or "
                          "recurrent_dropout")
     if zone["residual"] and C != D * H:
         raise ValueError(f"residual: the input is added to the output, so x needs directions * "
                          f"hidden_size = {D * H} features, got {C}")
-    if (zone["residual"] or zone["zoneout_outputs"] > 0 or zone["zoneout_states"] > 0) \
-            and mask is not None:
+    if (zone["residual"] or zoning) and mask is not None:
         raise ValueError("mask: not supported together with zoneout or residual")
     if seed is not None:
         seed = chk.size("seed", seed, 0)
-    elif training and (rates["dropout"] > 0 or rates["recurrent_dropout"] > 0
-                       or zone["zoneout_outputs"] > 0 or zone["zoneout_states"] > 0):
+    elif training and (rates["dropout"] > 0 or rates["recurrent_dropout"] > 0 or zoning):
         seed = int(np.random.default_rng().integers(0, 2**63))
     else:
         seed = 0  # no masks are drawn
@@ -287,27 +285,21 @@ def forward(
     return ForwardResult(y, hN, cN, ctx)
 
 
-def _rate(name: str, value) -> float:
+def _rate(name: str, value, closed: bool = False) -> float:
+    """A dropout rate in [0, 1), or with ``closed`` a probability in [0, 1] (zoneout)."""
+    interval = "[0, 1]" if closed else "[0, 1)"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name}: expected a float in [0, 1), got {value!r}")
+        raise TypeError(f"{name}: expected a float in {interval}, got {value!r}")
     value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: expected a rate in [0, 1), got {value}")
-    return value
-
-
-def _probability(name: str, value) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name}: expected a float in [0, 1], got {value!r}")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
+    if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        what = "a probability" if closed else "a rate"
+        raise ValueError(f"{name}: expected {what} in {interval}, got {value}")
     return value
 
 
 def _zone_options(zoneout_outputs, zoneout_states, residual) -> dict:
-    return dict(zoneout_outputs=_probability("zoneout_outputs", zoneout_outputs),
-                zoneout_states=_probability("zoneout_states", zoneout_states),
+    return dict(zoneout_outputs=_rate("zoneout_outputs", zoneout_outputs, closed=True),
+                zoneout_states=_rate("zoneout_states", zoneout_states, closed=True),
                 residual=chk.flag("residual", residual))
 
 
