@@ -350,3 +350,19 @@ def compare_with_yardstick(got, want, dtype, ctx, yardstick=None):
         else:
             tol = (F32_FACTOR * rel32 + F32_FLOOR) * _scale_of(w)
         assert err <= tol, f"{name} {ctx}: max abs err {err:.3g} > {tol:.3g}"
+
+
+# --------------------------------------------------------------------------
+# Executors: tests that take `executor` run once with each (fusedrnn.forward(..., executor=...))
+# --------------------------------------------------------------------------
+
+import pytest  # noqa: E402
+
+EXECUTORS = ("loop", "unrolled")
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request):
+    """The executor to pass as fusedrnn.forward(..., executor=executor): "loop" (while-loop) or
+    "unrolled" (fully unrolled)."""
+    return request.param

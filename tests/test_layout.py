@@ -104,7 +104,7 @@ def test_memory_matches_the_plan_forward_uses():
     # every option that changes the workspace is an argument of memory()
     for kw in ({}, {"dropout": 0.5}, {"recurrent_dropout": 0.25}, {"zero_masked_output": True}):
         m = fusedrnn.memory("lstm", 32, 64, 10, 8, num_layers=2, bidirectional=True,
-                            training=True, **kw)
+                            training=True, executor="loop", **kw)
         plan = fusedrnn._C.Plan("lstm", 32, 64, 2, True, "float32", 10, 8, True, **kw)
         assert (m.workspace_bytes, m.reserve_bytes) == (plan.workspace_bytes, plan.reserve_bytes)
     base = fusedrnn.memory("lstm", 32, 64, 10, 8, training=True).workspace_bytes

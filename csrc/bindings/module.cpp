@@ -89,6 +89,47 @@ void mask_arg(const py::object& o, const Plan& p, const uint8_t** ptr, int64_t* 
   *sn = a.strides(1);
 }
 
+// Packed sequence rows (rows, width) (PyTorch's PackedSequence data): any row stride, contiguous
+// features.
+Grid packed_seq(const py::object& o, const char* name, DType dtype, int64_t rows, int64_t width,
+                bool writable) {
+  FUSEDRNN_CHECK(py::isinstance<py::array>(o), TypeError, name, ": expected a numpy array, got ",
+                 std::string(py::str(py::type::of(o))));
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  check_dtype(a, name, dtype);
+  FUSEDRNN_CHECK(a.ndim() == 2 && a.shape(0) == rows && a.shape(1) == width, ValueError, name,
+                 ": expected packed rows of shape (", rows, ", ", width, "), got ", shape_str(a));
+  if (writable) check_writable(a, name);
+  if (rows == 0) return {a.data(), 0, 0};
+  check_aligned(a, name);
+  const int64_t item = a.itemsize();
+  FUSEDRNN_CHECK(width <= 1 || a.strides(1) == item, ValueError, name,
+                 ": expected contiguous features (last stride ", item, " bytes), got ", a.strides(1));
+  FUSEDRNN_CHECK(a.strides(0) % item == 0 && a.strides(0) >= 0, ValueError, name,
+                 ": expected a non-negative row stride that is a multiple of ", item, ", got ",
+                 a.strides(0));
+  return {a.data(), 0, a.strides(0) / item};
+}
+
+// A (T, N, width) grid, or with `packed` a (rows, width) array of packed rows.
+Grid sequence(const py::object& o, const char* name, const Plan& p, int64_t width, bool writable,
+              bool packed) {
+  if (packed) return packed_seq(o, name, p.desc.dtype, p.rows(), width, writable);
+  return seq(o, name, p.desc.dtype, p.T, p.N, width, writable);
+}
+
+// An optional (N,) int64 C-contiguous array (lengths, order).
+const int64_t* index_arg(const py::object& o, const char* name, int64_t N) {
+  if (o.is_none()) return nullptr;
+  FUSEDRNN_CHECK(py::isinstance<py::array_t<int64_t>>(o), TypeError, name,
+                 ": expected an int64 numpy array of shape (", N, ",)");
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  FUSEDRNN_CHECK(a.ndim() == 1 && a.shape(0) == N, ValueError, name, ": expected shape (", N,
+                 ",), got ", shape_str(a));
+  FUSEDRNN_CHECK(a.flags() & py::array::c_style, ValueError, name, ": expected a contiguous array");
+  return static_cast<const int64_t*>(a.data());
+}
+
 // Cell-state arguments exist for LSTM only; anything but None for another mode is an error.
 const void* cell_state(const Plan& p, const py::object& o, const char* name, bool writable) {
   if (p.desc.mode == Mode::kLstm) {
@@ -198,13 +239,19 @@ PYBIND11_MODULE(_C, m) {
                        const std::string& recurrent_activation, bool reset_after,
                        bool zero_masked_output, double dropout, double recurrent_dropout,
                        double zoneout_outputs, double zoneout_states, bool residual,
-                       int64_t proj_size, bool dropout_per_gate) {
-             return make_plan(make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
-                                        dtype, activation, recurrent_activation, reset_after,
-                                        zero_masked_output, dropout, recurrent_dropout,
-                                        zoneout_outputs, zoneout_states, residual, proj_size,
-                                        dropout_per_gate),
-                              T, N, training);
+                       int64_t proj_size, bool dropout_per_gate, const py::object& lengths,
+                       const std::string& executor) {
+             std::vector<int64_t> lens;
+             if (!lengths.is_none()) lens = py::cast<std::vector<int64_t>>(lengths);
+             Plan plan = make_plan(make_desc(mode, input_size, hidden_size, num_layers,
+                                             bidirectional, dtype, activation,
+                                             recurrent_activation, reset_after,
+                                             zero_masked_output, dropout, recurrent_dropout,
+                                             zoneout_outputs, zoneout_states, residual, proj_size,
+                                             dropout_per_gate),
+                                   T, N, training, lens, parse_executor(executor));
+             FUSEDRNN_CHECK(lengths.is_none() || N > 0 || lens.empty(), ValueError, "lengths");
+             return plan;
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),
            py::arg("bidirectional"), py::arg("dtype"), py::arg("T"), py::arg("N"),
@@ -213,7 +260,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("zero_masked_output") = false, py::arg("dropout") = 0.0,
            py::arg("recurrent_dropout") = 0.0, py::arg("zoneout_outputs") = 0.0,
            py::arg("zoneout_states") = 0.0, py::arg("residual") = false,
-           py::arg("proj_size") = 0, py::arg("dropout_per_gate") = false)
+           py::arg("proj_size") = 0, py::arg("dropout_per_gate") = false,
+           py::arg("lengths") = py::none(), py::arg("executor") = "loop")
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
       .def_property_readonly("input_size", [](const Plan& p) { return p.desc.input_size; })
@@ -243,7 +291,13 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly("chunk_t", &Plan::chunk_t)
       .def_readonly("workspace_bytes", &Plan::workspace_bytes)
       .def_readonly("reserve_bytes", &Plan::reserve_bytes)
-      .def_property_readonly("executor", [](const Plan&) { return std::string("loop"); })
+      .def_property_readonly("executor", [](const Plan& p) { return executor_name(p.executor); })
+      .def_property_readonly("varlen", &Plan::varlen)
+      .def_property_readonly("rows", &Plan::rows)
+      .def_readonly("lengths", &Plan::lengths)
+      .def_readonly("batch_sizes", &Plan::batch)
+      .def_readonly("num_lanes", &Plan::num_lanes)
+      .def_readonly("unroll_chunk", &Plan::unroll_chunk)
       .def_property_readonly("isa", [](const Plan& p) { return std::string(p.kernels->isa); });
 
   m.def("param_count",
@@ -276,12 +330,16 @@ PYBIND11_MODULE(_C, m) {
         [](const Plan& p, const py::object& x, const py::object& w, const py::object& hx,
            const py::object& cx, const py::object& y, const py::object& hy, const py::object& cy,
            const py::object& workspace, const py::object& reserve, const py::object& mask,
-           uint64_t seed) {
+           uint64_t seed, const py::object& lengths, bool packed, const py::object& order) {
           const DType dt = p.desc.dtype;
           ForwardArgs a;
           a.seed = seed;
-          const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
-          const Grid gy = seq(y, "y", dt, p.T, p.N, p.desc.directions() * p.desc.state_size(), true);
+          a.lengths = index_arg(lengths, "lengths", p.N);
+          a.packed = packed;
+          a.order = index_arg(order, "order", p.N);
+          const Grid gx = sequence(x, "x", p, p.desc.input_size, false, packed);
+          const Grid gy =
+              sequence(y, "y", p, p.desc.directions() * p.desc.state_size(), true, packed);
           a.x = gx.ptr, a.x_st = gx.st, a.x_sn = gx.sn;
           a.y = const_cast<void*>(gy.ptr), a.y_st = gy.st, a.y_sn = gy.sn;
           a.w = dense(w, "weights", dt, {param_count(p.desc)}, false, false);
@@ -297,22 +355,27 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("plan"), py::arg("x"), py::arg("w"), py::arg("hx"), py::arg("cx"), py::arg("y"),
         py::arg("hy"), py::arg("cy"), py::arg("workspace"), py::arg("reserve"),
-        py::arg("mask") = py::none(), py::arg("seed") = 0);
+        py::arg("mask") = py::none(), py::arg("seed") = 0, py::arg("lengths") = py::none(),
+        py::arg("packed") = false, py::arg("order") = py::none());
 
   m.def("backward_data",
         [](const Plan& p, const py::object& dy, const py::object& dhy, const py::object& dcy,
            const py::object& w, const py::object& hx, const py::object& cx, const py::object& dx,
            const py::object& dhx, const py::object& dcx, const py::object& workspace,
-           const py::object& reserve, const py::object& mask, uint64_t seed) {
+           const py::object& reserve, const py::object& mask, uint64_t seed,
+           const py::object& lengths, bool packed, const py::object& order) {
           const DType dt = p.desc.dtype;
           BackwardDataArgs a;
           a.seed = seed;
+          a.lengths = index_arg(lengths, "lengths", p.N);
+          a.packed = packed;
+          a.order = index_arg(order, "order", p.N);
           if (!dy.is_none()) {
-            const Grid g = seq(dy, "dy", dt, p.T, p.N,
-                               p.desc.directions() * p.desc.state_size(), false);
+            const Grid g =
+                sequence(dy, "dy", p, p.desc.directions() * p.desc.state_size(), false, packed);
             a.dy = g.ptr, a.dy_st = g.st, a.dy_sn = g.sn;
           }
-          const Grid gdx = seq(dx, "dx", dt, p.T, p.N, p.desc.input_size, true);
+          const Grid gdx = sequence(dx, "dx", p, p.desc.input_size, true, packed);
           a.dx = const_cast<void*>(gdx.ptr), a.dx_st = gdx.st, a.dx_sn = gdx.sn;
           a.dhy = dense(dhy, "dhy", dt, state_shape(p), false);
           a.dcy = cell_state(p, dcy, "dcy", false);
@@ -329,15 +392,20 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("plan"), py::arg("dy"), py::arg("dhy"), py::arg("dcy"), py::arg("w"), py::arg("hx"),
         py::arg("cx"), py::arg("dx"), py::arg("dhx"), py::arg("dcx"), py::arg("workspace"),
-        py::arg("reserve"), py::arg("mask") = py::none(), py::arg("seed") = 0);
+        py::arg("reserve"), py::arg("mask") = py::none(), py::arg("seed") = 0,
+        py::arg("lengths") = py::none(), py::arg("packed") = false, py::arg("order") = py::none());
 
   m.def("backward_weights",
         [](const Plan& p, const py::object& x, const py::object& hx, const py::object& dw,
-           const py::object& workspace, const py::object& reserve, uint64_t seed) {
+           const py::object& workspace, const py::object& reserve, uint64_t seed,
+           const py::object& lengths, bool packed, const py::object& order) {
           const DType dt = p.desc.dtype;
           BackwardWeightsArgs a;
           a.seed = seed;
-          const Grid gx = seq(x, "x", dt, p.T, p.N, p.desc.input_size, false);
+          a.lengths = index_arg(lengths, "lengths", p.N);
+          a.packed = packed;
+          a.order = index_arg(order, "order", p.N);
+          const Grid gx = sequence(x, "x", p, p.desc.input_size, false, packed);
           a.x = gx.ptr, a.x_st = gx.st, a.x_sn = gx.sn;
           a.hx = dense(hx, "hx", dt, state_shape(p), false);
           a.dw = const_cast<void*>(dense(dw, "dw", dt, {param_count(p.desc)}, true, false));
@@ -347,7 +415,11 @@ PYBIND11_MODULE(_C, m) {
           backward_weights(p, a);
         },
         py::arg("plan"), py::arg("x"), py::arg("hx"), py::arg("dw"), py::arg("workspace"),
-        py::arg("reserve"), py::arg("seed") = 0);
+        py::arg("reserve"), py::arg("seed") = 0, py::arg("lengths") = py::none(),
+        py::arg("packed") = false, py::arg("order") = py::none());
+
+  m.def("lane_count", &lane_count,
+        "Lanes the unrolled executor may use (hardware threads, or FUSEDRNN_LANES).");
 
   m.def("build_info", [] {
     const BuildInfo b = build_info();

@@ -39,6 +39,20 @@ void check_mask_options(const Plan& p, const uint8_t* mask) {
                  "mask: not supported together with zoneout or residual");
 }
 
+// A plan with lengths needs them (or packed data) with every call; a plan without, neither.
+void check_lengths(const Plan& p, const int64_t* lengths, bool packed, const uint8_t* mask) {
+  if (!p.varlen()) {
+    FUSEDRNN_CHECK(!lengths && !packed, ValueError,
+                   "lengths: this plan was made without lengths; make one with the length profile");
+    return;
+  }
+  FUSEDRNN_CHECK(lengths || packed, ValueError,
+                 "lengths: this plan was made for variable lengths; pass lengths or packed data");
+  FUSEDRNN_CHECK(!(lengths && packed), ValueError,
+                 "lengths: pass either lengths (padded data) or packed data, not both");
+  FUSEDRNN_CHECK(!mask, ValueError, "lengths: not supported together with mask");
+}
+
 void check_workspace(const Plan& p, void* ws) {
   if (p.workspace_bytes) check_ptr(ws, "workspace");
 }
@@ -84,13 +98,25 @@ void forward(const Plan& p, const ForwardArgs& a) {
   check_ptr(a.x, "x");
   check_ptr(a.w, "weights");
   check_ptr(a.y, "y");
-  check_grid("x", p.T, p.N, p.desc.input_size, a.x_st, a.x_sn);
-  check_grid("y", p.T, p.N, D * H, a.y_st, a.y_sn);
+  check_lengths(p, a.lengths, a.packed, a.mask);
+  if (a.packed) {
+    check_grid("x", 1, p.rows(), p.desc.input_size, 0, a.x_sn);
+    check_grid("y", 1, p.rows(), D * H, 0, a.y_sn);
+  } else {
+    check_grid("x", p.T, p.N, p.desc.input_size, a.x_st, a.x_sn);
+    check_grid("y", p.T, p.N, D * H, a.y_st, a.y_sn);
+  }
   check_workspace(p, a.workspace);
   if (p.training) check_ptr(a.reserve, "reserve");
   if (a.mask) check_mask_strides(a.mask_st, a.mask_sn);
   check_mask_options(p, a.mask);
-  dispatch(p.desc.dtype, [&](auto v) { loop::forward<decltype(v)>(p, a); });
+  dispatch(p.desc.dtype, [&](auto v) {
+    if (p.executor == ExecutorKind::kUnrolled) {
+      unrolled::forward<decltype(v)>(p, a);
+    } else {
+      loop::forward<decltype(v)>(p, a);
+    }
+  });
 }
 
 void backward_data(const Plan& p, const BackwardDataArgs& a) {
@@ -102,11 +128,23 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
   check_ptr(a.dx, "dx");
   check_ptr(a.reserve, "reserve");
   check_workspace(p, a.workspace);
-  if (a.dy) check_grid("dy", p.T, p.N, D * H, a.dy_st, a.dy_sn);
-  check_grid("dx", p.T, p.N, p.desc.input_size, a.dx_st, a.dx_sn);
+  check_lengths(p, a.lengths, a.packed, a.mask);
+  if (a.packed) {
+    if (a.dy) check_grid("dy", 1, p.rows(), D * H, 0, a.dy_sn);
+    check_grid("dx", 1, p.rows(), p.desc.input_size, 0, a.dx_sn);
+  } else {
+    if (a.dy) check_grid("dy", p.T, p.N, D * H, a.dy_st, a.dy_sn);
+    check_grid("dx", p.T, p.N, p.desc.input_size, a.dx_st, a.dx_sn);
+  }
   if (a.mask) check_mask_strides(a.mask_st, a.mask_sn);
   check_mask_options(p, a.mask);
-  dispatch(p.desc.dtype, [&](auto v) { loop::backward_data<decltype(v)>(p, a); });
+  dispatch(p.desc.dtype, [&](auto v) {
+    if (p.executor == ExecutorKind::kUnrolled) {
+      unrolled::backward_data<decltype(v)>(p, a);
+    } else {
+      loop::backward_data<decltype(v)>(p, a);
+    }
+  });
 }
 
 void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
@@ -117,7 +155,12 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
   check_ptr(a.dw, "dw");
   check_ptr(a.reserve, "reserve");
   check_workspace(p, a.workspace);
-  check_grid("x", p.T, p.N, p.desc.input_size, a.x_st, a.x_sn);
+  check_lengths(p, a.lengths, a.packed, nullptr);
+  if (a.packed) {
+    check_grid("x", 1, p.rows(), p.desc.input_size, 0, a.x_sn);
+  } else {
+    check_grid("x", p.T, p.N, p.desc.input_size, a.x_st, a.x_sn);
+  }
   dispatch(p.desc.dtype, [&](auto v) { loop::backward_weights<decltype(v)>(p, a); });
 }
 

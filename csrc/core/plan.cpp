@@ -2,6 +2,9 @@
 // step: the executor, the input-projection chunk, the pointwise kernels, and the workspace and reserve
 // maps with their byte sizes.
 #include <algorithm>
+#include <functional>
+#include <thread>
+#include <cstdlib>
 #include <limits>
 
 #include "../cpu/cell.h"
@@ -47,7 +50,85 @@ class Arena {
 
 }  // namespace
 
-Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
+namespace {
+
+// The unrolled executor's schedule (make_plan's part): tasks per lane in one topological order.
+void schedule(Plan& p) {
+  const int64_t L = p.desc.num_layers, D = p.desc.directions(), T = p.T;
+  // Unidirectional stacks run as a wavefront of chunks (layer l's chunk k beside layer l+1's chunk
+  // k-1); a bidirectional layer's reverse stream needs all of the layer below, so its tasks are
+  // whole layers and the overlap is between the two directions.
+  const bool wave = D == 1 && L >= 2;
+  const int64_t chunk = wave ? std::max<int64_t>(1, (T + 7) / 8) : std::max<int64_t>(T, 1);
+  const int64_t K = (T + chunk - 1) / chunk;  // tasks per stream
+  p.unroll_chunk = chunk;
+  const int64_t parallel = wave ? L : D;
+  p.num_lanes = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parallel, lane_count())));
+  p.fwd_tasks.assign(p.num_lanes, {});
+  p.bwd_tasks.assign(p.num_lanes, {});
+  struct Keyed { int64_t key0, key1; Task task; };
+  std::vector<Keyed> fwd, bwd;
+  for (int64_t l = 0; l < L; ++l) {
+    for (int dir = 0; dir < D; ++dir) {
+      for (int64_t k = 0; k < K; ++k) {
+        Task f;
+        f.layer = l;
+        f.dir = dir;
+        f.t0 = k * chunk;
+        f.t1 = std::min(T, f.t0 + chunk);
+        f.index = k;
+        if (l > 0) {
+          for (int d2 = 0; d2 < D; ++d2) f.deps.push_back({(l - 1) * D + d2, wave ? k + 1 : K});
+        }
+        fwd.push_back({l + k, l * D + dir, f});
+        // backward: chunks in reverse; the layer above must have produced this chunk's gradient
+        Task b = f;
+        b.deps.clear();
+        const int64_t kb = K - 1 - k;  // chunk processed as the stream's k-th backward task
+        b.t0 = kb * chunk;
+        b.t1 = std::min(T, b.t0 + chunk);
+        if (l < L - 1) {
+          for (int d2 = 0; d2 < D; ++d2) b.deps.push_back({(l + 1) * D + d2, wave ? k + 1 : K});
+        }
+        bwd.push_back({(L - 1 - l) + k, (L - 1 - l) * D + dir, b});
+      }
+    }
+  }
+  auto by_key = [](const Keyed& a, const Keyed& b) {
+    return a.key0 != b.key0 ? a.key0 < b.key0 : a.key1 < b.key1;
+  };
+  std::stable_sort(fwd.begin(), fwd.end(), by_key);
+  std::stable_sort(bwd.begin(), bwd.end(), by_key);
+  auto lane_of = [&](const Task& t) {
+    return static_cast<int>((wave ? t.layer : t.dir) % p.num_lanes);
+  };
+  for (auto& k : fwd) p.fwd_tasks[lane_of(k.task)].push_back(k.task);
+  for (auto& k : bwd) p.bwd_tasks[lane_of(k.task)].push_back(k.task);
+}
+
+}  // namespace
+
+int64_t lane_count() {
+  if (const char* env = std::getenv("FUSEDRNN_LANES")) {
+    const int64_t v = std::atoll(env);
+    if (v >= 1) return v;
+  }
+  return std::max<int64_t>(1, std::thread::hardware_concurrency());
+}
+
+ExecutorKind parse_executor(const std::string& name) {
+  if (name == "loop") return ExecutorKind::kLoop;
+  if (name == "unrolled") return ExecutorKind::kUnrolled;
+  FUSEDRNN_CHECK(false, ValueError, "executor: expected 'loop' or 'unrolled', got '", name, "'");
+  return ExecutorKind::kLoop;
+}
+
+std::string executor_name(ExecutorKind kind) {
+  return kind == ExecutorKind::kUnrolled ? "unrolled" : "loop";
+}
+
+Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
+               const std::vector<int64_t>& lengths, ExecutorKind executor) {
   validate(desc);
   const int64_t kBlasMax = std::numeric_limits<int32_t>::max();
   FUSEDRNN_CHECK(T >= 0, ValueError, "T (sequence length): expected >= 0, got ", T);
@@ -60,60 +141,108 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training) {
   p.T = T;
   p.N = N;
   p.training = training;
-  p.executor = ExecutorKind::kLoop;
+  p.executor = executor;
   p.kernels = cpu::select_cell_kernels(cpu::cell_kind(desc));
+
+  if (!lengths.empty() || (N == 0 && false)) {
+    FUSEDRNN_CHECK(static_cast<int64_t>(lengths.size()) == N, ValueError,
+                   "lengths: expected shape (", N, ",) (one per sample), got ", lengths.size(),
+                   " values");
+    FUSEDRNN_CHECK(!desc.residual && !desc.zoneout(), ValueError,
+                   "lengths: not supported together with zoneout or residual");
+    for (int64_t v : lengths)
+      FUSEDRNN_CHECK(v >= 0 && v <= T, ValueError, "lengths: expected values in [0, T] = [0, ", T,
+                     "], got ", v);
+    p.lengths = lengths;
+    std::sort(p.lengths.begin(), p.lengths.end(), std::greater<int64_t>());
+    p.batch.assign(T, 0);
+    p.offsets.assign(T + 1, 0);
+    for (int64_t t = 0, r = N; t < T; ++t) {
+      while (r > 0 && p.lengths[r - 1] <= t) --r;
+      p.batch[t] = r;
+      p.offsets[t + 1] = p.offsets[t] + r;
+    }
+  }
 
   const int64_t H = desc.hidden_size, D = desc.directions(), L = desc.num_layers;
   const int64_t S = desc.state_size(), P = desc.proj_size;  // width of h; projection (0: none)
   const int64_t GH = num_gates(desc.mode) * H;
+  const int64_t R = p.rows();  // (t, n) rows of every sequence buffer
   p.gate_slots = desc.mode == Mode::kGru ? 4 : num_gates(desc.mode);
   const int64_t SH = p.gate_slots * H;
   const bool lstm = desc.mode == Mode::kLstm;
-  p.chunk_t = training ? T : std::min<int64_t>(T, std::max<int64_t>(1, (kChunkRows + N - 1) / std::max<int64_t>(N, 1)));
+  const bool unrolled = executor == ExecutorKind::kUnrolled;
+  if (unrolled) schedule(p);
+  const int64_t chunk_infer =
+      std::min<int64_t>(T, std::max<int64_t>(1, (kChunkRows + N - 1) / std::max<int64_t>(N, 1)));
+  p.chunk_t = training ? T : (unrolled ? std::max<int64_t>(p.unroll_chunk, 0) : chunk_infer);
   FUSEDRNN_CHECK(N == 0 || Arena::mul(N, Arena::mul(D, H)) <= kBlasMax, ValueError,
                  "N*hidden_size: too large for 32-bit BLAS indexing");
 
   Arena ws(dtype_size(desc.dtype));
   p.ws.zeros = ws.take(std::max<int64_t>(p.gate_slots, 2), H);
-  p.ws.bias = ws.take(GH + H);
-  p.ws.gh = ws.take(N, GH);
-  if (desc.gru_reset_before()) p.ws.rh = ws.take(N, H);
-  if (L >= 2) p.ws.inter[0] = ws.take(T, N, D * S);
-  if (L >= 3) p.ws.inter[1] = ws.take(T, N, D * S);
-  if (P > 0) p.ws.proj = ws.take(2, N, H);
-  if (training && (desc.dropout > 0 || desc.recurrent_dropout > 0)) {
-    const int64_t widest = std::max(desc.input_size, std::max<int64_t>(D * H, H));
-    const int64_t masks = desc.dropout_mask_count();
-    p.ws.xdrop = ws.take(T, N, widest);
-    if (desc.dropout > 0) p.ws.drop_x = ws.take(masks * N, widest);
-    if (desc.recurrent_dropout > 0) {
-      p.ws.drop_h = ws.take(masks * N, H);
-      p.ws.hdrop = ws.take(2, N, H);
-    }
-  }
-  if (desc.residual || desc.zoneout()) p.ws.zone = ws.take(4, N, H);
-  if (training) {
-    p.ws.dh = ws.take(N, H);
-    p.ws.dc = ws.take(N, H);
-    p.ws.colsum = ws.take_bytes(Arena::mul(SH, sizeof(double)));
+  if (unrolled && !training) {
+    for (int64_t l = 0; l < L; ++l) p.ws.outs.push_back(ws.take(R, D * S));
   } else {
-    p.ws.gx = ws.take(p.chunk_t, N, GH);
-    if (desc.zero_masked_output) p.ws.states = ws.take(T, N, D * S);
-    if (lstm) p.ws.cstate = ws.take(N, H);
+    if (L >= 2) p.ws.inter[0] = ws.take(R, D * S);
+    if (L >= 3) p.ws.inter[1] = ws.take(R, D * S);
+  }
+  const bool drop = training && (desc.dropout > 0 || desc.recurrent_dropout > 0);
+  const int64_t widest = std::max(desc.input_size, std::max<int64_t>(D * H, H));
+  const int64_t masks = desc.dropout_mask_count();
+  const int64_t streams = unrolled ? L * D : 1;
+  for (int64_t i = 0; i < streams; ++i) {
+    Plan::Lane ln;
+    ln.bias = ws.take(GH + H);
+    ln.gh = ws.take(N, GH);
+    if (desc.gru_reset_before()) ln.rh = ws.take(N, H);
+    if (P > 0) ln.proj = ws.take(2, N, H);
+    if (drop) {
+      ln.xdrop = ws.take(R, widest);
+      if (desc.dropout > 0) ln.drop_x = ws.take(masks * N, widest);
+      if (desc.recurrent_dropout > 0) {
+        ln.drop_h = ws.take(masks * N, H);
+        ln.hdrop = ws.take(2, N, H);
+      }
+    }
+    if (desc.residual || desc.zoneout()) ln.zone = ws.take(4, N, H);
+    if (training) {
+      ln.dh = ws.take(N, S);
+      ln.dc = ws.take(N, H);
+    } else {
+      ln.gx = ws.take(p.chunk_t, N, GH);
+      if (lstm) ln.cstate = ws.take(N, H);
+    }
+    if (p.varlen()) {
+      ln.h0 = ws.take(N, S);
+      ln.c0 = ws.take(N, H);
+    }
+    p.lanes.push_back(ln);
+  }
+  if (training) {
+    p.ws.colsum = ws.take_bytes(Arena::mul(SH, sizeof(double)));
+    if (p.varlen() || desc.recurrent_dropout > 0) p.ws.hprev = ws.take(R, S);
+  } else if (desc.zero_masked_output) {
+    p.ws.states = ws.take(T, N, D * S);
+  }
+  if (p.varlen()) {
+    if (p.ws.states < 0) p.ws.states = ws.take(R, D * S);
+    p.ws.xpack = ws.take(R, desc.input_size);
+    p.ws.order = ws.take_bytes(Arena::mul(N + T + 1, sizeof(int64_t)));
   }
   p.workspace_bytes = ws.bytes();
 
   if (training) {
     Arena rs(dtype_size(desc.dtype));
     for (int64_t l = 0; l < L; ++l) {
-      p.reserve.out.push_back(rs.take(T, N, D * S));
+      p.reserve.out.push_back(rs.take(R, D * S));
       for (int64_t d = 0; d < D; ++d) {
-        p.reserve.gates.push_back(rs.take(T, N, SH));
-        p.reserve.cells.push_back(lstm ? rs.take(T, N, H) : -1);
-        p.reserve.grads.push_back(rs.take(T, N, SH));
-        p.reserve.states.push_back(desc.separate_states(true) ? rs.take(T, N, H) : -1);
-        p.reserve.hraw.push_back(P > 0 ? rs.take(T, N, H) : -1);
-        p.reserve.dproj.push_back(P > 0 ? rs.take(T, N, P) : -1);
+        p.reserve.gates.push_back(rs.take(R, SH));
+        p.reserve.cells.push_back(lstm ? rs.take(R, H) : -1);
+        p.reserve.grads.push_back(rs.take(R, SH));
+        p.reserve.states.push_back(desc.separate_states(true) ? rs.take(R, H) : -1);
+        p.reserve.hraw.push_back(P > 0 ? rs.take(R, H) : -1);
+        p.reserve.dproj.push_back(P > 0 ? rs.take(R, P) : -1);
       }
     }
     p.reserve_bytes = rs.bytes();

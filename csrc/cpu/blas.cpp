@@ -80,4 +80,6 @@ std::string blas_config() {
 
 int blas_num_threads() { return FUSEDRNN_BLAS(openblas_get_num_threads)(); }
 
+void set_blas_num_threads(int n) { FUSEDRNN_BLAS(openblas_set_num_threads)(n); }
+
 }  // namespace fusedrnn::cpu

@@ -16,5 +16,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 std::string blas_name();
 std::string blas_config();
 int blas_num_threads();
+// Process-wide (OpenBLAS has no per-thread setting): the unrolled executor sets 1 while its lanes
+// run concurrently and restores the previous value after.
+void set_blas_num_threads(int n);
 
 }  // namespace fusedrnn::cpu

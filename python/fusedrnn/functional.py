@@ -69,10 +69,14 @@ def memory(
     residual: bool = False,
     proj_size: int = 0,
     dropout_per_gate: bool = False,
+    lengths=None,
+    executor: str = "auto",
 ) -> Memory:
     """Bytes of scratch and reserve that forward (and backward) of this shape and these options
     use, known up front (the options that change them: training, reset_after, zero_masked_output,
-    dropout, recurrent_dropout, zoneout_outputs, zoneout_states, residual)."""
+    dropout, recurrent_dropout, zoneout_outputs, zoneout_states, residual, proj_size, lengths: the
+    buffers then hold sum(lengths) rows instead of T*N, and executor: the loop executor's
+    one-layer inference workspace does not grow with T, the unrolled one's does)."""
     check_mode(mode)
     dtype = np.dtype(dtype)
     if dtype not in chk.FLOAT_DTYPES:
@@ -94,8 +98,47 @@ def memory(
         **_cell_options(mode, None, None, reset_after),
         proj_size=chk.size("proj_size", proj_size, 0),
         dropout_per_gate=chk.flag("dropout_per_gate", dropout_per_gate),
+        lengths=_lengths(lengths, chk.size("T", T, 0), chk.size("N", N, 0)),
+        executor=_executor(executor, mode, hidden_size, T, N, num_layers, bidirectional),
     )
     return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))
+
+
+EXECUTORS = ("loop", "unrolled", "auto")
+
+
+def choose_executor(mode: str, hidden_size: int, T: int, N: int, num_layers: int = 1,
+                    bidirectional: bool = False) -> str:
+    """The executor ``executor='auto'`` picks: 'unrolled' where independent (layer, direction)
+    streams can run side by side (bidirectional layers, stacks of layers) and there are cores to run
+    them, else 'loop' (see docs/architecture.md for the measurements behind it)."""
+    if (bidirectional or num_layers >= 2) and _C.lane_count() >= 2:
+        return "unrolled"
+    return "loop"
+
+
+def _executor(executor, mode, hidden_size, T, N, num_layers, bidirectional) -> str:
+    if not isinstance(executor, str) or executor not in EXECUTORS:
+        raise ValueError(f"executor: expected one of {EXECUTORS}, got {executor!r}")
+    if executor == "auto":
+        return choose_executor(mode, hidden_size, T, N, num_layers, bidirectional)
+    return executor
+
+
+def _lengths(lengths, T: int, N: int) -> Optional[np.ndarray]:
+    """Per-sample lengths as an (N,) int64 array with values in [0, T], or None."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (N,):
+        raise ValueError(f"lengths: expected shape ({N},) (one length per sample), got "
+                         f"{tuple(arr.shape)}")
+    if arr.size and (arr.min() < 0 or arr.max() > T):
+        bad = arr[(arr < 0) | (arr > T)][0]
+        raise ValueError(f"lengths: expected values in [0, T] = [0, {T}], got {bad}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 class Context:
@@ -104,11 +147,12 @@ class Context:
     backward. It can be used for any number of backward calls."""
 
     __slots__ = ("plan", "x", "weights", "h0", "c0", "reserve", "batch_first", "mask", "seed",
-                 "_has_grads")
+                 "lengths", "_has_grads")
 
-    def __init__(self, plan, x, weights, h0, c0, reserve, batch_first, mask, seed):
+    def __init__(self, plan, x, weights, h0, c0, reserve, batch_first, mask, seed, lengths=None):
         self.plan, self.x, self.weights, self.h0, self.c0 = plan, x, weights, h0, c0
         self.reserve, self.batch_first, self.mask, self.seed = reserve, batch_first, mask, seed
+        self.lengths = lengths
         self._has_grads = False
 
     @property
@@ -157,6 +201,8 @@ def forward(
     proj_size: int = 0,
     dropout_per_gate: bool = False,
     seed: Optional[int] = None,
+    lengths=None,
+    executor: str = "auto",
 ) -> ForwardResult:
     """Runs the network over a sequence.
 
@@ -198,6 +244,21 @@ def forward(
     (L*D, N, P), c0 and cN stay (L*D, N, H); the weights gain an h2r block (P, H) per layer and
     direction (``param_layout(..., proj_size=P)``). Not combined with zoneout, residual or
     recurrent_dropout.
+
+    lengths: optional (N,) integers in [0, T], each sample's valid length (x padded after it).
+    Samples are processed sorted by length and the batch shrinks as they end, so the work is
+    proportional to sum(lengths), not T*N. y is zero past each length; hN and cN are each sample's
+    states at its own last step (h0 and c0 for length 0); the reverse direction of a bidirectional
+    layer reverses each sample within its own length; backward gives zero dx at padded positions
+    and ignores dy there. The same results as ``mask`` right-padded with ``zero_masked_output``,
+    and as running each sample alone. Not combined with mask, zoneout or residual.
+
+    executor: 'loop' (the while-loop executor: streams of (layer, direction) one after another, a
+    run-time loop over steps; one-layer inference scratch independent of T), 'unrolled' (the whole
+    schedule fixed in the plan; the two directions of a bidirectional layer, and the layers of a
+    stack as a wavefront, run concurrently on the machine's cores; scratch grows with T) or 'auto'
+    (``choose_executor``). Both give the same results (bitwise: the same operations in the same
+    order per row).
     """
     check_mode(mode)
     options = _cell_options(mode, activation, recurrent_activation, reset_after)
@@ -253,6 +314,12 @@ def forward(
                          f"hidden_size = {D * H} features, got {C}")
     if (zone["residual"] or zoning) and mask is not None:
         raise ValueError("mask: not supported together with zoneout or residual")
+    lengths = _lengths(lengths, T, N)
+    if lengths is not None and mask is not None:
+        raise ValueError("lengths: not supported together with mask (pass one of them)")
+    if lengths is not None and (zone["residual"] or zoning):
+        raise ValueError("lengths: not supported together with zoneout or residual")
+    executor = _executor(executor, mode, H, T, N, L, bidirectional)
     if seed is not None:
         seed = chk.size("seed", seed, 0)
     elif training and (rates["dropout"] > 0 or rates["recurrent_dropout"] > 0 or zoning):
@@ -274,14 +341,15 @@ def forward(
     plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
                    zero_masked_output=zero_masked_output, proj_size=P,
                    dropout_per_gate=chk.flag("dropout_per_gate", dropout_per_gate), **rates,
-                   **zone, **options)
+                   **zone, **options, lengths=lengths, executor=executor)
     y = np.empty((N, T, D * S) if batch_first else (T, N, D * S), dtype=dtype)
     hN = np.empty(state_shape, dtype=dtype)
     cN = np.empty(cell_shape, dtype=dtype) if mode == "lstm" else None
     reserve = np.empty((int(plan.reserve_bytes) + 7) // 8, dtype=np.float64) if training else None
     _C.forward(plan, xt, weights, h0, c0, _time_major(y, batch_first), hN, cN, _workspace(plan), reserve,
-               mask_t, seed)
-    ctx = Context(plan, xt, weights, h0, c0, reserve, batch_first, mask_t, seed) if training else None
+               mask_t, seed, lengths=lengths)
+    ctx = (Context(plan, xt, weights, h0, c0, reserve, batch_first, mask_t, seed, lengths)
+           if training else None)
     return ForwardResult(y, hN, cN, ctx)
 
 
@@ -338,7 +406,7 @@ def backward_data(ctx: Context, dy=None, dhN=None, dcN=None):
     dc0 = np.empty(cell_shape, dtype=dtype) if lstm else None
     _C.backward_data(
         plan, dyt, dhN, dcN, ctx.weights, ctx.h0, ctx.c0, _time_major(dx, ctx.batch_first), dh0,
-        dc0, _workspace(plan), ctx.reserve, ctx.mask, ctx.seed,
+        dc0, _workspace(plan), ctx.reserve, ctx.mask, ctx.seed, lengths=ctx.lengths,
     )
     ctx._has_grads = True
     return dx, dh0, dc0
@@ -357,7 +425,8 @@ def backward_weights(ctx: Context, dw=None) -> np.ndarray:
         chk.shape("dw", dw, ctx.weights.shape, "(the shape of the weights)")
         if not (dw.flags.c_contiguous and dw.flags.aligned and dw.flags.writeable):
             raise ValueError("dw: expected a writable, aligned, C-contiguous array to accumulate into")
-    _C.backward_weights(ctx.plan, ctx.x, ctx.h0, dw, _workspace(ctx.plan), ctx.reserve, ctx.seed)
+    _C.backward_weights(ctx.plan, ctx.x, ctx.h0, dw, _workspace(ctx.plan), ctx.reserve, ctx.seed,
+                        lengths=ctx.lengths)
     return dw
 
 

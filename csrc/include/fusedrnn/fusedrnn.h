@@ -29,7 +29,15 @@ enum class Mode { kLstm, kGru, kRnnTanh, kRnnRelu };
 // softrelu is MXNet's log(1 + e^x) (softplus), softsign x / (1 + |x|).
 enum class Activation { kTanh, kSigmoid, kHardSigmoid, kRelu, kLinear, kSoftrelu, kSoftsign };
 enum class DType { kFloat32, kFloat64 };
-enum class ExecutorKind { kLoop };  // the unrolled executor joins here
+// kLoop: the while-loop executor (a run-time loop over steps, one (layer, direction) after another);
+// kUnrolled: the fully unrolled executor (the whole schedule materialised in the plan, independent
+// (layer, direction) streams run concurrently on lanes of threads). See docs/architecture.md.
+enum class ExecutorKind { kLoop, kUnrolled };
+ExecutorKind parse_executor(const std::string& name);  // "loop" | "unrolled"
+std::string executor_name(ExecutorKind kind);
+// Lanes (concurrent streams) the unrolled executor may use: the machine's hardware threads, or
+// FUSEDRNN_LANES when set.
+int64_t lane_count();
 
 Mode parse_mode(const std::string& name);    // "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
 std::string mode_name(Mode mode);
@@ -123,6 +131,17 @@ LayerParams layer_param_offsets(const RnnDesc& desc, int64_t layer, int directio
 // ---- Plans ------------------------------------------------------------------------------------------
 struct CellKernels;  // the backend's fused pointwise step functions, chosen once per plan
 
+// A unit of the unrolled executor's schedule: steps [t0, t1) of one (layer, direction) (in that
+// direction's processing order), after which the stream has done `index + 1` tasks. It may start
+// once every dependency (stream, tasks done) holds.
+struct Task {
+  int64_t layer = 0;
+  int dir = 0;
+  int64_t t0 = 0, t1 = 0;  // time range, ascending; a reverse stream processes it from t1 - 1 down
+  int64_t index = 0;       // position in its stream
+  std::vector<std::pair<int64_t, int64_t>> deps;  // (stream = layer * D + dir, tasks done)
+};
+
 struct Plan {
   RnnDesc desc;
   int64_t T = 0, N = 0;
@@ -150,37 +169,69 @@ struct Plan {
     std::vector<int64_t> dproj;  // per (layer, dir), projection: gradients of h (T, N, P)
   } reserve;
   struct WorkspaceMap {
-    int64_t gx = -1;        // inference: input projection of one chunk (chunk_t, N, G*H)
-    int64_t gh = -1;        // recurrent projection of one step (N, G*H)
-    int64_t bias = -1;      // folded biases (G*H) plus the GRU recurrent n-bias (H)
     int64_t zeros = -1;     // one zero row, standing in for an absent h0 / c0 / dy (row stride 0)
-    int64_t rh = -1;        // GRU reset-before: r*h of one step (N, H) (inference), d(r*h) (backward)
-    int64_t cstate = -1;    // inference LSTM cell state (N, H)
-    int64_t dh = -1;        // backward: running dh (N, H)
-    int64_t dc = -1;        // backward: running dc (N, H)
-    int64_t inter[2] = {-1, -1};  // inter-layer activations / gradients (T, N, D*H), ping-pong
-    int64_t states = -1;    // inference with zero_masked_output: the last layer's states (T, N, D*H)
-    int64_t drop_x = -1;    // dropout: the input mask(s) of one (layer, dir) (1 or G, N, C_in)
-    int64_t drop_h = -1;    // recurrent dropout: the state mask(s) (1 or G, N, H)
-    int64_t xdrop = -1;     // dropout: masked layer input / input-gradient scratch / masked states
-                            // (T, N, max(C_in, H))
-    int64_t hdrop = -1;     // recurrent dropout: masked h_{t-1} and a GEMM scratch (2, N, H)
+    int64_t inter[2] = {-1, -1};  // inter-layer activations / gradients (rows, D*S), ping-pong;
+                                  // the unrolled executor keeps one per layer in `outs`
+    std::vector<int64_t> outs;    // unrolled inference: every layer's output (rows, D*S)
+    int64_t states = -1;    // inference with zero_masked_output: the last layer's states (T, N, D*S);
+                            // with lengths: the packed output (forward) / output gradient (backward)
+    int64_t xpack = -1;     // lengths: the packed layer-0 input (forward, backward_weights) or its
+                            // gradient (backward_data) (rows, C)
+    int64_t hprev = -1;     // lengths or recurrent dropout, backward_weights: every step's h_{t-1}
+                            // (masked) in packed order (rows, S)
+    int64_t order = -1;     // lengths: rank -> sample (N int64) and a counting-sort cursor (T + 1)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
-    int64_t proj = -1;      // projection (2, N, H): inference o * act(c) of one step; backward its
-                            // gradient and a zero dh row for the cell kernel
-    int64_t zone = -1;      // zoneout / residual (4, N, H): inference a ring of two hidden-state
-                            // rows; training forward a ring of two output rows; backward the output
-                            // carry, the output-path dh, and the h and c gradients that skip a step
   } ws;
 
   const CellKernels* kernels = nullptr;
+
+  // Variable lengths (a plan made with a length profile): samples are processed sorted by length,
+  // longest first (rank r), so the active rows of step t are ranks [0, batch[t]); every internal
+  // sequence buffer is packed: step t's rows start at row offsets[t] (PyTorch's PackedSequence
+  // layout). Empty without lengths.
+  std::vector<int64_t> lengths;  // (N) sorted descending
+  std::vector<int64_t> batch;    // (T) active rows per step
+  std::vector<int64_t> offsets;  // (T + 1) first packed row of each step; offsets[T] = sum(lengths)
+  bool varlen() const { return !lengths.empty(); }
+  int64_t rows() const { return varlen() ? offsets.back() : T * N; }  // (t, n) rows computed
+
+  // Scratch that each concurrently running (layer, direction) stream owns (the loop executor has
+  // one; the unrolled executor one per stream). Offsets into the workspace, -1 when unused.
+  struct Lane {
+    int64_t gx = -1;        // inference: input projection of one chunk (chunk_t, N, G*H)
+    int64_t gh = -1;        // recurrent projection of one step (N, G*H)
+    int64_t bias = -1;      // folded biases (G*H) plus the GRU recurrent n-bias (H)
+    int64_t rh = -1;        // GRU reset-before: r*h of one step (N, H) (inference), d(r*h) (backward)
+    int64_t cstate = -1;    // inference LSTM cell state (N, H)
+    int64_t dh = -1;        // backward: running dh (N, S)
+    int64_t dc = -1;        // backward: running dc (N, H)
+    int64_t drop_x = -1;    // dropout: the input mask(s) of one (layer, dir) (1 or G, N, C_in)
+    int64_t drop_h = -1;    // recurrent dropout: the state mask(s) (1 or G, N, H)
+    int64_t xdrop = -1;     // dropout: masked layer input / input-gradient scratch (rows, max(C_in, H))
+    int64_t hdrop = -1;     // recurrent dropout: masked h_{t-1} and a GEMM scratch (2, N, H)
+    int64_t proj = -1;      // projection (2, N, H)
+    int64_t zone = -1;      // zoneout / residual (4, N, H)
+    int64_t h0 = -1;        // lengths: the initial states in rank order (N, S) and (N, H)
+    int64_t c0 = -1;
+  };
+  std::vector<Lane> lanes;
+
+  // The unrolled executor's schedule: tasks per lane, each lane's list in one global topological
+  // order (so lanes never wait on each other in a cycle); forward and backward-data.
+  int num_lanes = 1;
+  int64_t unroll_chunk = 0;  // steps per task
+  std::vector<std::vector<Task>> fwd_tasks, bwd_tasks;
 
   int64_t reserve_index(int64_t layer, int direction) const {
     return layer * desc.directions() + direction;
   }
 };
 
-Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training);
+// lengths: empty, or the N per-sample lengths in [0, T] (any order: the plan keeps the profile,
+// sorted; forward then needs ForwardArgs::lengths with the same multiset, or packed data).
+Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
+               const std::vector<int64_t>& lengths = {},
+               ExecutorKind executor = ExecutorKind::kLoop);
 
 // ---- Operations -------------------------------------------------------------------------------------
 // Pointers are to elements of desc.dtype. "optional" pointers may be null (meaning zeros / not wanted).
@@ -199,6 +250,14 @@ struct ForwardArgs {
   uint64_t seed = 0;              // dropout masks (training with dropout rates > 0)
   void* workspace = nullptr;      // scratch, plan.workspace_bytes
   void* reserve = nullptr;        // training: kept for backward, plan.reserve_bytes
+  // A plan with lengths takes either `lengths` (N, any order, the same multiset as the plan's):
+  // x and y are padded (T, N) grids, y is zero past each length; or `packed`: x and y are packed
+  // rows (PyTorch's PackedSequence data: step t's rows for the plan's batch[t] longest samples, at
+  // x + (offsets[t] + r) * x_sn, x_st unused) and `order` (N, optional: identity) maps rank r to
+  // the sample whose states are row order[r] of hx / hy / cx / cy (PackedSequence.sorted_indices).
+  const int64_t* lengths = nullptr;
+  bool packed = false;
+  const int64_t* order = nullptr;
 };
 
 struct BackwardDataArgs {
@@ -218,6 +277,9 @@ struct BackwardDataArgs {
   uint64_t seed = 0;              // the forward's seed
   void* workspace = nullptr;      // scratch
   void* reserve = nullptr;        // from forward(training); its gradient area is written
+  const int64_t* lengths = nullptr;  // as given to forward (dy, dx padded; dx zero past lengths)
+  bool packed = false;               // as given to forward (dy, dx packed)
+  const int64_t* order = nullptr;
 };
 
 struct BackwardWeightsArgs {
@@ -228,6 +290,9 @@ struct BackwardWeightsArgs {
   uint64_t seed = 0;              // the forward's seed
   void* workspace = nullptr;      // scratch
   const void* reserve = nullptr;  // after backward_data
+  const int64_t* lengths = nullptr;  // as given to forward
+  bool packed = false;
+  const int64_t* order = nullptr;
 };
 
 void forward(const Plan& plan, const ForwardArgs& args);
