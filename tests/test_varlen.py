@@ -425,3 +425,124 @@ def test_inference_workspace_of_the_executors():
     for mode in MODES:
         assert ws(mode, 50, "loop") == ws(mode, 500, "loop"), mode
         assert ws(mode, 500, "unrolled") > ws(mode, 50, "unrolled"), mode
+
+
+# --------------------------------------------------------------------------
+# The entry points above the core: Keras masks, MXNet cells' valid_length, PyTorch PackedSequence
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer", ["LSTM", "GRU", "Bidirectional"])
+def test_keras_right_padded_mask_runs_as_lengths(monkeypatch, layer):
+    from fusedrnn import functional, layers
+    calls = []
+    real = functional.forward
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    rng = np.random.default_rng(3)
+    N, T, C = 4, 6, 3
+    x = rng.standard_normal((N, T, C)).astype(np.float32)
+    lengths = np.array([6, 2, 0, 4])
+    mask = np.arange(T)[None, :] < lengths[:, None]
+    gapped = mask.copy()
+    gapped[0, 2] = False
+
+    def make():
+        if layer == "Bidirectional":
+            return layers.Bidirectional(layers.LSTM(5, return_sequences=True, seed=1))
+        return getattr(layers, layer)(5, return_sequences=True, zero_output_for_mask=True, seed=1)
+
+    monkeypatch.setattr(functional, "forward", spy)
+    got = make()(x, mask=mask, training=True)
+    assert "lengths" in calls[-1] and "mask" not in calls[-1]
+    np.testing.assert_array_equal(calls[-1]["lengths"], lengths)
+    make()(x, mask=gapped)  # not right-padded: the per-step blend
+    assert "mask" in calls[-1] and "lengths" not in calls[-1]
+    monkeypatch.setattr(functional, "forward", real)
+    # the same values as the mask path
+    kw = dict(mode="lstm" if layer != "GRU" else "gru", batch_first=True)
+    lay = make()
+    lay(x[:1], mask=mask[:1])  # build
+    flat = lay._bi_flat() if layer == "Bidirectional" else lay._flat
+    H = 5
+    want = fusedrnn.forward(x, flat, hidden_size=H, bidirectional=layer == "Bidirectional",
+                            mask=mask, zero_masked_output=True,
+                            reset_after=True, **kw).y
+    lengths_y = fusedrnn.forward(x, flat, hidden_size=H, bidirectional=layer == "Bidirectional",
+                                 lengths=lengths, **kw).y
+    np.testing.assert_allclose(lengths_y, want, rtol=1e-6, atol=1e-7)
+    assert got.shape == want.shape
+
+
+@pytest.mark.parametrize("unroll,expected", [(False, "loop"), (True, "unrolled")])
+def test_keras_unroll_picks_the_executor(monkeypatch, unroll, expected):
+    from fusedrnn import functional, layers
+    calls = []
+    real = functional.forward
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(functional, "forward", spy)
+    x = np.ones((2, 3, 4), np.float32)
+    layers.GRU(3, unroll=unroll)(x)
+    layers.Bidirectional(layers.LSTM(3, unroll=unroll))(x)
+    assert [c["executor"] for c in calls] == [expected, expected]
+
+
+@pytest.mark.parametrize("cell_kind", ["LSTMCell", "GRUCell", "FusedRNNCell"])
+@pytest.mark.parametrize("executor", ["loop", "unrolled"])
+def test_mxnet_cells_valid_length(cell_kind, executor):
+    from fusedrnn import rnn_cell
+    rng = np.random.default_rng(5)
+    N, T, C, H = 4, 6, 3, 5
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([6, 1, 3, 0])
+    if cell_kind == "FusedRNNCell":
+        cell = rnn_cell.FusedRNNCell(H, num_layers=2, mode="gru", bidirectional=True)
+    else:
+        cell = getattr(rnn_cell, cell_kind)(H)
+    out, states = cell.unroll(T, x, layout="NTC", merge_outputs=True, valid_length=lengths,
+                              executor=executor)
+    for n in range(N):
+        L = lengths[n]
+        ref_cell = cell
+        if L:
+            o1, s1 = ref_cell.unroll(L, x[n:n + 1, :L], layout="NTC", merge_outputs=True,
+                                     executor="loop")
+            np.testing.assert_allclose(out[n:n + 1, :L], o1, rtol=1e-12, atol=1e-13)
+            for a, b in zip(states, s1):
+                np.testing.assert_allclose(a[..., n:n + 1, :], b, rtol=1e-12, atol=1e-13)
+        assert not np.any(out[n, L:])
+
+
+def test_torch_packed_sequence_runs_as_lengths(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence
+    from fusedrnn import functional
+    import fusedrnn.torch as ftorch
+    calls = []
+    real = functional.forward
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(functional, "forward", spy)
+    torch.manual_seed(0)
+    m = ftorch.LSTM(3, 4, num_layers=2, bidirectional=True)
+    ref_m = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    ref_m.load_state_dict(m.state_dict())
+    x = torch.randn(6, 3, 3)
+    lengths = torch.tensor([2, 6, 4])
+    seq = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    y, (h, c) = m(seq)
+    assert "mask" not in calls[-1]
+    np.testing.assert_array_equal(calls[-1]["lengths"], lengths.numpy())
+    y_ref, (h_ref, c_ref) = ref_m(seq)
+    torch.testing.assert_close(y.data, y_ref.data, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, c_ref, rtol=1e-5, atol=1e-6)

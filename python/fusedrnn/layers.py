@@ -48,10 +48,12 @@ Python loop over time, nested inputs and states included, differentiable when th
 ``vjp``. See ``RNN``.
 
 Differences from Keras, on purpose:
-- ``unroll`` is accepted and recorded, but both values run the same fused kernel (fusedrnn's
-  while-loop executor; mapping ``unroll=True`` to the unrolled executor is left to the core).
-  Results are those of Keras's default ``unroll=False`` path, which differs from its
+- ``unroll`` picks the core's executor: False the while-loop executor, True the fully unrolled
+  one (its schedule fixed per shape, the directions of a Bidirectional layer side by side). Both
+  give the same results, those of Keras's default ``unroll=False`` path, which differs from its
   ``unroll=True`` path only at masked first steps (there Keras's unrolled path outputs zeros).
+- A right-padded mask with ``zero_output_for_mask`` (``Bidirectional`` with
+  ``return_sequences``) runs as per-sample lengths: the batch shrinks as samples end.
 - ``seed`` also seeds the NumPy generator that the built-in initializers draw from (Keras seeds
   only dropout with it), so two layers made with the same seed get the same weights. Built-in
   initializers follow Keras's distributions (not Keras's random streams).
@@ -564,6 +566,21 @@ class _RNN:
     def _training(self, training) -> bool:
         return False if training is None else chk.flag("training", training)
 
+    def _sequence_kw(self, m) -> dict:
+        """How the core sees the mask, and the executor ``unroll`` picks ('unrolled' for True,
+        'loop' for False). A right-padded mask (every row a prefix of Trues) with
+        zero_output_for_mask becomes per-sample lengths: the same results, with the work
+        proportional to the sum of the lengths (the batch shrinks as samples end); any other mask
+        (left-padded, gaps, or outputs that keep the state) is a per-step blend in the kernel."""
+        kw = dict(executor="unrolled" if self.unroll else "loop")
+        if m is None:
+            return kw
+        lengths = m.sum(axis=1)
+        prefix = np.arange(m.shape[1])[None, :] < lengths[:, None]
+        if self.zero_output_for_mask and np.array_equal(m, prefix):
+            return dict(kw, lengths=lengths)
+        return dict(kw, mask=m, zero_masked_output=self.zero_output_for_mask)
+
     def _dropout_kw(self, training) -> dict:
         if not training or (self.dropout == 0.0 and self.recurrent_dropout == 0.0):
             return {}
@@ -626,8 +643,7 @@ class _RNN:
             x, self._flat, mode=self._mode, hidden_size=self.units, batch_first=True,
             h0=None if init is None else init[0][None],
             c0=init[1][None] if (init is not None and lstm) else None,
-            training=training, mask=m, zero_masked_output=self.zero_output_for_mask,
-            **self._cell_kw(), **drop_kw)
+            training=training, **self._sequence_kw(m), **self._cell_kw(), **drop_kw)
         states = [res.hN[0], res.cN[0]] if lstm else [res.hN[0]]
         if self.stateful:
             self._states = [s.copy() for s in states]
@@ -1043,9 +1059,8 @@ class Bidirectional:
         c0 = np.stack([fs[1], bs[1]]) if (fs is not None and lstm) else None
         res = functional.forward(
             x, self._bi_flat(), mode=fw._mode, hidden_size=fw.units, bidirectional=True,
-            batch_first=True, h0=h0, c0=c0, training=training, mask=m,
-            zero_masked_output=fw.zero_output_for_mask, **fw._cell_kw(),
-            **fw._dropout_kw(training))  # the kernel draws masks per direction
+            batch_first=True, h0=h0, c0=c0, training=training, **fw._sequence_kw(m),
+            **fw._cell_kw(), **fw._dropout_kw(training))  # the kernel draws masks per direction
         U = fw.units
         if self.return_sequences:
             y, y_rev = res.y[..., :U], res.y[..., U:]

@@ -816,8 +816,16 @@ class _GateCell(BaseRNNCell):
         return new_states[0], new_states
 
     def unroll(self, length, inputs, begin_state=None, layout="NTC", merge_outputs=None,
-               training: bool = False):
-        return self._fused_unroll(length, inputs, begin_state, layout, merge_outputs, training)
+               training: bool = False, valid_length=None, executor: str = "auto"):
+        """MXNet's unroll as one fused call. ``valid_length``: optional (batch_size,) per-sample
+        lengths (MXNet Gluon's ``valid_length``): outputs past them are zero and the states are
+        each sample's at its own last step, with work proportional to their sum. ``executor``:
+        the core's 'loop', 'unrolled' or 'auto' (``fusedrnn.forward``)."""
+        core = dict(executor=executor)
+        if valid_length is not None:
+            core["lengths"] = valid_length
+        return self._fused_unroll(length, inputs, begin_state, layout, merge_outputs, training,
+                                  core=core)
 
     def _fused_unroll(self, length, inputs, begin_state, layout, merge_outputs, training,
                       core=None, check=None):
@@ -1048,7 +1056,9 @@ class FusedRNNCell(BaseRNNCell):
         raise NotImplementedError("FusedRNNCell cannot be stepped. Please use unroll")
 
     def unroll(self, length, inputs, begin_state=None, layout="NTC", merge_outputs=None,
-               training: bool = False):
+               training: bool = False, valid_length=None, executor: str = "auto"):
+        """MXNet's FusedRNNCell.unroll (all layers in one fused call); ``valid_length`` (MXNet's
+        ``use_sequence_length``) and ``executor`` as the gate cells' ``unroll``."""
         self.reset()
         merge_outputs = _check_merge(merge_outputs)
         training = chk.flag("training", training)
@@ -1075,10 +1085,12 @@ class FusedRNNCell(BaseRNNCell):
             st.append(s)
         h0, c0 = st[0], (st[1] if len(st) > 1 else None)
         if training and self._dropout > 0 and L > 1:
-            y, hN, cN = self._unroll_with_dropout(x, axis, was_list, flat, h0, c0)
+            y, hN, cN = self._unroll_with_dropout(x, axis, was_list, flat, h0, c0,
+                                                  valid_length, executor)
         else:
             res = F.forward(x, flat, mode=mode, hidden_size=H, num_layers=L, bidirectional=bi,
-                            h0=h0, c0=c0, batch_first=axis == 1, training=training)
+                            h0=h0, c0=c0, batch_first=axis == 1, training=training,
+                            lengths=valid_length, executor=executor)
             y, hN, cN = res.y, res.hN, res.cN
             if training:
                 self._tape.append(("unroll", dict(ctx=res.ctx, axis=axis, was_list=was_list,
@@ -1098,7 +1110,8 @@ class FusedRNNCell(BaseRNNCell):
                          for q in own])
         return maps
 
-    def _unroll_with_dropout(self, x, axis, was_list, flat, h0, c0):
+    def _unroll_with_dropout(self, x, axis, was_list, flat, h0, c0, lengths=None,
+                             executor="auto"):
         """Training with MXNet's dropout between layers: a fused call per layer, masks between."""
         mode, H, L, bi = self._desc()
         D = 2 if bi else 1
@@ -1111,7 +1124,7 @@ class FusedRNNCell(BaseRNNCell):
             sl = slice(layer * D, (layer + 1) * D)
             res = F.forward(layer_in, w, mode=mode, hidden_size=H, bidirectional=bi, h0=h0[sl],
                             c0=None if c0 is None else c0[sl], batch_first=axis == 1,
-                            training=True)
+                            training=True, lengths=lengths, executor=executor)
             hN.append(res.hN)
             if res.cN is not None:
                 cN.append(res.cN)

@@ -113,10 +113,10 @@ def _tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
 class _Call:
     """The non-tensor arguments of one core call."""
 
-    __slots__ = ("stack", "batch_first", "mask")
+    __slots__ = ("stack", "batch_first", "lengths")
 
-    def __init__(self, stack: Stack, batch_first: bool, mask: Optional[np.ndarray]):
-        self.stack, self.batch_first, self.mask = stack, batch_first, mask
+    def __init__(self, stack: Stack, batch_first: bool, lengths: Optional[np.ndarray]):
+        self.stack, self.batch_first, self.lengths = stack, batch_first, lengths
 
     def forward(self, x, flat, h0, c0, training: bool):
         s = self.stack
@@ -124,8 +124,7 @@ class _Call:
         return F.forward(
             _np(x), flat, mode=s.mode, hidden_size=s.hidden_size, num_layers=s.num_layers,
             bidirectional=s.bidirectional, h0=_np(h0), c0=_np(c0), batch_first=self.batch_first,
-            training=training, mask=self.mask, zero_masked_output=self.mask is not None,
-            proj_size=s.proj_size)
+            training=training, lengths=self.lengths, proj_size=s.proj_size)
 
 
 class _FusedRNN(torch.autograd.Function):
@@ -157,10 +156,10 @@ class _FusedRNN(torch.autograd.Function):
 
 
 def run(module: torch.nn.Module, stack: Stack, x: torch.Tensor, h0: Optional[torch.Tensor],
-        c0: Optional[torch.Tensor], batch_first: bool, mask: Optional[np.ndarray]):
+        c0: Optional[torch.Tensor], batch_first: bool, lengths: Optional[np.ndarray]):
     """(y, hN, cN) of one core call; through autograd when a gradient can be asked for, else the
     core's inference path (no reserve kept). cN is None unless LSTM."""
-    call = _Call(stack, batch_first, mask)
+    call = _Call(stack, batch_first, lengths)
     params = stack.params(module)
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *params)

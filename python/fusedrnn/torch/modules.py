@@ -8,9 +8,10 @@ forward passes them to the core without conversion.
 Shapes: input (T, N, C) ((N, T, C) with batch_first), or (T, C) unbatched, or a PackedSequence;
 states (L*D, N, H_out), (L*D, H_out) unbatched, with H_out = proj_size or H (c: H).
 
-Variable lengths (PackedSequence): padded time-major with a (T, N) mask and zero masked outputs
-(``_pad_packed``, the one place that builds them): a masked step keeps its state, so each sample's
-final state is that of its last step and the reverse direction starts at its own last step.
+Variable lengths (PackedSequence): padded time-major plus the per-sample lengths (``_pad_packed``,
+the one place that builds them), which the core takes natively: samples sorted by length, the
+batch shrinking as they end (work proportional to the sum of lengths), each sample's final state
+that of its own last step, the reverse direction starting at each sample's own last step.
 
 Dropout between layers (training, num_layers > 1, dropout > 0): torch's semantics (an elementwise
 Bernoulli mask on the output of every layer but the last, scaled by 1/(1 - p)); the layers then run
@@ -74,18 +75,18 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------------------------------
-# PackedSequence <-> padded time-major input and mask
+# PackedSequence <-> padded time-major input and lengths
 
 
 class _Padded(NamedTuple):
     x: torch.Tensor  # (T, N, C) zero-padded, the caller's batch order, differentiable
-    mask: np.ndarray  # (T, N) bool, True on valid steps
+    lengths: np.ndarray  # (N,) int64, each sample's length, the caller's batch order
     rows: tuple  # (t index, n index): where each row of the packed data lies in the (T, N) grid
 
 
 def _pad_packed(seq: PackedSequence) -> _Padded:
-    """The one place that turns variable lengths into what the core takes (padding and a mask);
-    a native lengths argument of the core replaces this."""
+    """The one place that turns a PackedSequence into what the core takes (padded data and the
+    lengths, in the caller's batch order)."""
     batch_sizes = seq.batch_sizes
     T, N = len(batch_sizes), int(batch_sizes[0])
     t_idx = torch.repeat_interleave(torch.arange(T), batch_sizes)
@@ -93,9 +94,8 @@ def _pad_packed(seq: PackedSequence) -> _Padded:
     b_idx = torch.arange(len(t_idx)) - starts[t_idx]  # position in the (sorted) batch
     n_idx = b_idx if seq.sorted_indices is None else seq.sorted_indices[b_idx]
     x = seq.data.new_zeros((T, N) + tuple(seq.data.shape[1:])).index_put((t_idx, n_idx), seq.data)
-    mask = np.zeros((T, N), dtype=np.bool_)
-    mask[t_idx.numpy(), n_idx.numpy()] = True
-    return _Padded(x, mask, (t_idx, n_idx))
+    lengths = np.bincount(n_idx.numpy(), minlength=N).astype(np.int64)
+    return _Padded(x, lengths, (t_idx, n_idx))
 
 
 def _pack_like(y: torch.Tensor, padded: _Padded, seq: PackedSequence) -> PackedSequence:
@@ -276,17 +276,17 @@ class _RNNBase(_FlatModule):
                 self.proj_size)
         return self._stacks[key]
 
-    def _run_layers(self, x, h0, c0, batch_first, mask):
+    def _run_layers(self, x, h0, c0, batch_first, lengths):
         """(y, hN, cN) of all layers: one core call, or one per layer with dropout between them."""
         L, D = self.num_layers, 2 if self.bidirectional else 1
         if not (self.training and self.dropout > 0 and L > 1):
-            return _autograd.run(self, self._stack(0, L), x, h0, c0, batch_first, mask)
+            return _autograd.run(self, self._stack(0, L), x, h0, c0, batch_first, lengths)
         hs, cs = [], []
         for layer in range(L):
             states = slice(layer * D, (layer + 1) * D)
             x, h, c = _autograd.run(
                 self, self._stack(layer, 1), x, None if h0 is None else h0[states],
-                None if c0 is None else c0[states], batch_first, mask)
+                None if c0 is None else c0[states], batch_first, lengths)
             hs.append(h)
             cs.append(c)
             if layer < L - 1:
@@ -309,14 +309,14 @@ class _RNNBase(_FlatModule):
                 raise ValueError(f"input: expected PackedSequence data of 2 dimensions "
                                  f"(sum of lengths, input_size), got shape {tuple(data.shape)}")
             padded = _pad_packed(input)
-            x, mask, batch_first, batched = padded.x, padded.mask, False, True
+            x, lengths, batch_first, batched = padded.x, padded.lengths, False, True
         else:
             x = _check_tensor("input", input, dtype)
             if x.dim() not in (2, 3):
                 layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
                 raise ValueError(f"input: expected a 3-D tensor {layout} or a 2-D unbatched "
                                  f"tensor (T, input_size), got shape {tuple(x.shape)}")
-            batched, mask, batch_first = x.dim() == 3, None, self.batch_first
+            batched, lengths, batch_first = x.dim() == 3, None, self.batch_first
             if not batched:
                 x = x.unsqueeze(0 if batch_first else 1)
         if x.shape[-1] != self.input_size:
@@ -347,7 +347,7 @@ class _RNNBase(_FlatModule):
                 h0 = h0.unsqueeze(1)
                 c0 = c0.unsqueeze(1) if lstm else None
 
-        y, hN, cN = self._run_layers(x, h0, c0, batch_first, mask)
+        y, hN, cN = self._run_layers(x, h0, c0, batch_first, lengths)
 
         if packed:
             y = _pack_like(y, padded, input)
