@@ -546,3 +546,61 @@ def test_torch_packed_sequence_runs_as_lengths(monkeypatch):
     torch.testing.assert_close(y.data, y_ref.data, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c, c_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("executor", ["loop", "unrolled"])
+@pytest.mark.parametrize("mode,L,bi", [("lstm", 2, True), ("gru", 3, False), ("rnn_tanh", 1, True)])
+def test_core_packed_form_equals_padded_lengths(mode, L, bi, executor):
+    # the core's packed form (PyTorch's PackedSequence layout: step t's rows for the batch[t]
+    # longest samples, ranked by `order`) gives the padded-lengths results, rows for rows
+    from fusedrnn import _C
+    T, lengths = MAIN
+    lengths = np.array(lengths)
+    q = problem(mode, T, len(lengths), 3, 5, L, bi, seed=11)
+    N, D, H = q.N, q.D, q.H
+    order = np.argsort(-lengths, kind="stable").astype(np.int64)
+    rows = [(t, n) for t in range(T) for n in order if lengths[n] > t]
+    t_idx, n_idx = np.array(rows).T
+    lstm = mode == "lstm"
+    plan = _C.Plan(mode, 3, H, L, bi, "float64", T, N, True, lengths=list(lengths),
+                   executor=executor)
+    assert plan.batch_sizes == [int((lengths > t).sum()) for t in range(T)]
+    ws = np.empty(plan.workspace_bytes // 8 + 1)
+    outs = {}
+    for form in ("padded", "packed"):
+        rs = np.empty(plan.reserve_bytes // 8 + 1)
+        hy, cy = np.empty((L * D, N, H)), (np.empty((L * D, N, H)) if lstm else None)
+        dhx, dcx = np.empty((L * D, N, H)), (np.empty((L * D, N, H)) if lstm else None)
+        dw = np.zeros(q.flat.size)
+        c0 = q.c0 if lstm else None
+        dcN = q.dcN if lstm else None
+        if form == "padded":
+            x, dy = q.x, q.dy
+            y, dx = np.empty((T, N, D * H)), np.empty((T, N, 3))
+            kw = dict(lengths=lengths.astype(np.int64))
+        else:
+            x, dy = q.x[t_idx, n_idx], q.dy[t_idx, n_idx]
+            y, dx = np.empty((len(rows), D * H)), np.empty((len(rows), 3))
+            kw = dict(packed=True, order=order)
+        _C.forward(plan, x, q.flat, q.h0, c0, y, hy, cy, ws, rs, None, 0, **kw)
+        _C.backward_data(plan, dy, q.dhN, dcN, q.flat, q.h0, c0, dx, dhx, dcx, ws, rs, None, 0,
+                         **kw)
+        _C.backward_weights(plan, x, q.h0, dw, ws, rs, 0, **kw)
+        if form == "padded":
+            y, dx = y[t_idx, n_idx], dx[t_idx, n_idx]
+        outs[form] = (y, hy, cy, dx, dhx, dcx, dw)
+    for name, a, b in zip(("y", "hN", "cN", "dx", "dh0", "dc0", "dw"), outs["padded"],
+                          outs["packed"]):
+        if a is not None:
+            np.testing.assert_allclose(b, a, rtol=1e-13, atol=1e-14, err_msg=name)
+    for bad_value in (N, order[1]):  # out of range, a duplicate
+        bad = order.copy()
+        bad[0] = bad_value
+        with pytest.raises(ValueError, match="order: expected a permutation"):
+            _C.forward(plan, q.x[t_idx, n_idx], q.flat, None, None,
+                       np.empty((len(rows), D * H)), None, None, ws,
+                       np.empty(plan.reserve_bytes // 8 + 1), None, 0, packed=True, order=bad)
+    with pytest.raises(ValueError, match="length profile"):
+        _C.forward(plan, q.x, q.flat, None, None, np.empty((T, N, D * H)), None, None, ws,
+                   np.empty(plan.reserve_bytes // 8 + 1), None, 0,
+                   lengths=np.full(N, T, np.int64))

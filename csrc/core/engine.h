@@ -259,20 +259,20 @@ const int64_t* call_order(const Plan& p, T* ws, const int64_t* lengths, bool pac
                           const int64_t* order) {
   if (!p.varlen()) return nullptr;
   if (packed) {
-    if (order) {
-      // must be a permutation of [0, N)
+    if (order) {  // must be a permutation of [0, N)
       int64_t* seen = reinterpret_cast<int64_t*>(ws + p.ws.order) + p.N;
-      for (int64_t v = 0; v <= p.T && v < p.N; ++v) seen[v] = 0;
+      for (int64_t n = 0; n < p.N; ++n) seen[n] = 0;
       for (int64_t r = 0; r < p.N; ++r) {
         const int64_t v = order[r];
-        FUSEDRNN_CHECK(v >= 0 && v < p.N, ValueError, "order: expected a permutation of [0, ", p.N,
-                       "), got ", v);
+        FUSEDRNN_CHECK(v >= 0 && v < p.N && !seen[v], ValueError,
+                       "order: expected a permutation of [0, ", p.N, "), got ", v, " at rank ", r);
+        seen[v] = 1;
       }
     }
     return order;
   }
   int64_t* out = reinterpret_cast<int64_t*>(ws + p.ws.order);
-  int64_t* cursor = out + p.N;  // (T + 1): next rank of each length
+  int64_t* cursor = out + p.N;  // (T + 1): the next rank of each length
   for (int64_t v = 0; v <= p.T; ++v) cursor[v] = -1;
   for (int64_t r = p.N - 1; r >= 0; --r) cursor[p.lengths[r]] = r;
   for (int64_t n = 0; n < p.N; ++n) {

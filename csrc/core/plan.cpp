@@ -228,7 +228,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
   if (p.varlen()) {
     if (p.ws.states < 0) p.ws.states = ws.take(R, D * S);
     p.ws.xpack = ws.take(R, desc.input_size);
-    p.ws.order = ws.take_bytes(Arena::mul(N + T + 1, sizeof(int64_t)));
+    p.ws.order = ws.take_bytes(Arena::mul(N + std::max(N, T + 1), sizeof(int64_t)));
   }
   p.workspace_bytes = ws.bytes();
 

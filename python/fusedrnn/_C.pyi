@@ -28,6 +28,8 @@ class Plan:
         residual: bool = False,
         proj_size: int = 0,
         dropout_per_gate: bool = False,
+        lengths: Optional[list[int]] = None,
+        executor: str = "loop",
     ) -> None: ...
     @property
     def mode(self) -> str: ...
@@ -78,6 +80,18 @@ class Plan:
     @property
     def executor(self) -> str: ...
     @property
+    def varlen(self) -> bool: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def lengths(self) -> list[int]: ...
+    @property
+    def batch_sizes(self) -> list[int]: ...
+    @property
+    def num_lanes(self) -> int: ...
+    @property
+    def unroll_chunk(self) -> int: ...
+    @property
     def isa(self) -> str: ...
 
 def param_count(
@@ -101,6 +115,9 @@ def forward(
     reserve: Optional[np.ndarray],
     mask: Optional[np.ndarray] = None,
     seed: int = 0,
+    lengths: Optional[np.ndarray] = None,
+    packed: bool = False,
+    order: Optional[np.ndarray] = None,
 ) -> None: ...
 def backward_data(
     plan: Plan,
@@ -117,6 +134,9 @@ def backward_data(
     reserve: np.ndarray,
     mask: Optional[np.ndarray] = None,
     seed: int = 0,
+    lengths: Optional[np.ndarray] = None,
+    packed: bool = False,
+    order: Optional[np.ndarray] = None,
 ) -> None: ...
 def backward_weights(
     plan: Plan,
@@ -126,6 +146,10 @@ def backward_weights(
     workspace: np.ndarray,
     reserve: np.ndarray,
     seed: int = 0,
+    lengths: Optional[np.ndarray] = None,
+    packed: bool = False,
+    order: Optional[np.ndarray] = None,
 ) -> None: ...
+def lane_count() -> int: ...
 def build_info() -> dict: ...
 def _activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...

@@ -38,6 +38,7 @@ from .functional import (  # noqa: E402
     backward,
     backward_data,
     backward_weights,
+    choose_executor,
     forward,
     memory,
 )

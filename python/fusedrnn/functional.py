@@ -99,7 +99,8 @@ def memory(
         proj_size=chk.size("proj_size", proj_size, 0),
         dropout_per_gate=chk.flag("dropout_per_gate", dropout_per_gate),
         lengths=_lengths(lengths, chk.size("T", T, 0), chk.size("N", N, 0)),
-        executor=_executor(executor, mode, hidden_size, T, N, num_layers, bidirectional),
+        executor=_executor(executor, mode, hidden_size, T, N, num_layers, bidirectional,
+                           training),
     )
     return Memory(int(plan.workspace_bytes), int(plan.reserve_bytes))
 
@@ -107,21 +108,31 @@ def memory(
 EXECUTORS = ("loop", "unrolled", "auto")
 
 
+# 'auto' picks the unrolled executor up to this many (t, n) rows: its inference workspace keeps
+# every layer's output and the input projection of whole tasks (63 MiB for W7 at T*N = 3200).
+AUTO_UNROLLED_MAX_ROWS = 8192
+
+
 def choose_executor(mode: str, hidden_size: int, T: int, N: int, num_layers: int = 1,
-                    bidirectional: bool = False) -> str:
-    """The executor ``executor='auto'`` picks: 'unrolled' where independent (layer, direction)
-    streams can run side by side (bidirectional layers, stacks of layers) and there are cores to run
-    them, else 'loop' (see docs/architecture.md for the measurements behind it)."""
-    if (bidirectional or num_layers >= 2) and _C.lane_count() >= 2:
+                    bidirectional: bool = False, training: bool = False) -> str:
+    """The executor ``executor='auto'`` picks. 'unrolled' for inference of a network with
+    independent streams to overlap (a bidirectional layer, or a stack of layers) when there are
+    at least two cores and T*N <= AUTO_UNROLLED_MAX_ROWS; 'loop' otherwise. Measured on 2 cores
+    (bench/executors.py, docs/architecture.md): forward only, W7 (2 bidirectional layers) 179 vs
+    241 ms and 4 stacked layers 137 vs 155 ms; training the loop executor was faster (W7 502 vs
+    524 ms, 4 layers 390 vs 417 ms: the concurrent lanes run their GEMMs single-threaded), and
+    with one stream the two do the same work."""
+    if (not training and (bidirectional or num_layers >= 2) and _C.lane_count() >= 2
+            and T * N <= AUTO_UNROLLED_MAX_ROWS):
         return "unrolled"
     return "loop"
 
 
-def _executor(executor, mode, hidden_size, T, N, num_layers, bidirectional) -> str:
+def _executor(executor, mode, hidden_size, T, N, num_layers, bidirectional, training) -> str:
     if not isinstance(executor, str) or executor not in EXECUTORS:
         raise ValueError(f"executor: expected one of {EXECUTORS}, got {executor!r}")
     if executor == "auto":
-        return choose_executor(mode, hidden_size, T, N, num_layers, bidirectional)
+        return choose_executor(mode, hidden_size, T, N, num_layers, bidirectional, training)
     return executor
 
 
@@ -319,7 +330,7 @@ def forward(
         raise ValueError("lengths: not supported together with mask (pass one of them)")
     if lengths is not None and (zone["residual"] or zoning):
         raise ValueError("lengths: not supported together with zoneout or residual")
-    executor = _executor(executor, mode, H, T, N, L, bidirectional)
+    executor = _executor(executor, mode, H, T, N, L, bidirectional, training)
     if seed is not None:
         seed = chk.size("seed", seed, 0)
     elif training and (rates["dropout"] > 0 or rates["recurrent_dropout"] > 0 or zoning):

@@ -179,7 +179,8 @@ struct Plan {
                             // gradient (backward_data) (rows, C)
     int64_t hprev = -1;     // lengths or recurrent dropout, backward_weights: every step's h_{t-1}
                             // (masked) in packed order (rows, S)
-    int64_t order = -1;     // lengths: rank -> sample (N int64) and a counting-sort cursor (T + 1)
+    int64_t order = -1;     // lengths: rank -> sample (N int64), then a counting-sort cursor
+                            // (T + 1) or a permutation check (N)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
   } ws;
 
