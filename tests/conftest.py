@@ -366,3 +366,24 @@ def executor(request):
     """The executor to pass as fusedrnn.forward(..., executor=executor): "loop" (while-loop) or
     "unrolled" (fully unrolled)."""
     return request.param
+
+
+# The core suite runs once per executor: in these modules every fusedrnn call that leaves the
+# executor to 'auto' (all of them) gets the one of the run, so both executors pass every test.
+CORE_SUITE = {"test_numerics", "test_masks", "test_cell_options", "test_dropout", "test_zoneout",
+              "test_projection"}
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in CORE_SUITE:
+        metafunc.parametrize("core_executor", EXECUTORS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def core_executor(request, monkeypatch):
+    """In CORE_SUITE modules: the executor 'auto' resolves to for this test (else untouched)."""
+    chosen = getattr(request, "param", None)
+    if chosen is not None:
+        import fusedrnn.functional as functional
+        monkeypatch.setattr(functional, "choose_executor", lambda *a, **k: chosen)
+    return chosen
