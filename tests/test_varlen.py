@@ -604,3 +604,17 @@ def test_core_packed_form_equals_padded_lengths(mode, L, bi, executor):
         _C.forward(plan, q.x, q.flat, None, None, np.empty((T, N, D * H)), None, None, ws,
                    np.empty(plan.reserve_bytes // 8 + 1), None, 0,
                    lengths=np.full(N, T, np.int64))
+
+
+def test_plans_are_cached_by_length_profile():
+    from fusedrnn import functional as F
+    F.clear_plan_cache()
+    q = problem("gru", 7, 5, 3, 4, seed=2)
+    kw = dict(mode="gru", hidden_size=4, training=True)
+    a = fusedrnn.forward(q.x, q.flat, lengths=[4, 7, 1, 6, 3], **kw).ctx.plan
+    b = fusedrnn.forward(q.x, q.flat, lengths=[7, 6, 4, 3, 1], **kw).ctx.plan  # same profile
+    c = fusedrnn.forward(q.x, q.flat, lengths=[7, 6, 4, 3, 2], **kw).ctx.plan
+    assert a is b and a is not c
+    assert list(a.batch_sizes) == [5, 4, 4, 3, 2, 2, 1]
+    info = F.plan_cache_info()
+    assert info.maxsize == F.PLAN_CACHE_SIZE and info.currsize == 2 and info.hits == 1

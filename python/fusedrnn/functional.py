@@ -9,6 +9,7 @@ describes. Backward follows cuDNN's split: ``backward_data`` gives dx, dh0, dc0 
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -81,7 +82,7 @@ def memory(
     dtype = np.dtype(dtype)
     if dtype not in chk.FLOAT_DTYPES:
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-    plan = _C.Plan(
+    plan = _plan(
         mode,
         chk.size("input_size", input_size),
         chk.size("hidden_size", hidden_size),
@@ -169,6 +170,32 @@ class Context:
     @property
     def reserve_bytes(self) -> int:
         return int(self.plan.reserve_bytes)
+
+
+# Plans are immutable and cheap to keep: the last PLAN_CACHE_SIZE distinct ones are reused (least
+# recently used dropped), keyed by every argument, with lengths by their profile (sorted): a plan
+# depends on the multiset of lengths, not on which sample has which.
+PLAN_CACHE_SIZE = 128
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cached_plan(args: tuple, options: tuple, profile: Optional[tuple]):
+    return _C.Plan(*args, **dict(options), lengths=None if profile is None else list(profile))
+
+
+def _plan(*args, lengths=None, **options):
+    """The core's plan for these arguments, from the plan cache."""
+    profile = None if lengths is None else tuple(sorted(int(v) for v in lengths))
+    return _cached_plan(args, tuple(sorted(options.items())), profile)
+
+
+def plan_cache_info():
+    """Hits, misses, size and bound (PLAN_CACHE_SIZE) of the plan cache."""
+    return _cached_plan.cache_info()
+
+
+def clear_plan_cache() -> None:
+    _cached_plan.cache_clear()
 
 
 def _workspace(plan) -> np.ndarray:
@@ -268,8 +295,8 @@ def forward(
     run-time loop over steps; one-layer inference scratch independent of T), 'unrolled' (the whole
     schedule fixed in the plan; the two directions of a bidirectional layer, and the layers of a
     stack as a wavefront, run concurrently on the machine's cores; scratch grows with T) or 'auto'
-    (``choose_executor``). Both give the same results (bitwise: the same operations in the same
-    order per row).
+    (``choose_executor``). Both give the same results: bitwise in float64 (and float32 with one
+    stream), to about one float32 ulp where lanes run their GEMMs single-threaded.
     """
     check_mode(mode)
     options = _cell_options(mode, activation, recurrent_activation, reset_after)
@@ -349,7 +376,7 @@ def forward(
                 raise ValueError("mask: expected only 0 and 1 values")
             m = m.astype(np.bool_)
         mask_t = _time_major(m, batch_first).view(np.uint8)
-    plan = _C.Plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
+    plan = _plan(mode, C, H, L, bidirectional, str(dtype), T, N, training,
                    zero_masked_output=zero_masked_output, proj_size=P,
                    dropout_per_gate=chk.flag("dropout_per_gate", dropout_per_gate), **rates,
                    **zone, **options, lengths=lengths, executor=executor)
