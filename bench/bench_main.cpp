@@ -2,7 +2,9 @@
 //
 //   fusedrnn_bench --mode lstm --T 100 --N 32 --C 256 --H 256 [--layers 2] [--bidirectional]
 //                  [--train] [--batch-first] [--dtype float32|float64] [--repeats 7] [--warmup 2]
-//   fusedrnn_bench --grid            the standard workloads W1-W8 of shared/BENCH.md
+//                  [--executor loop|unrolled] [--lengths LO]  (lengths uniform in [LO, T])
+//   fusedrnn_bench --grid [--executor ...]   the standard workloads W1-W8 of shared/BENCH.md
+//                                            (W6 with its true lengths)
 //
 // Prints median milliseconds and GFLOP/s. GFLOP/s counts the GEMM work only, as BENCH.md defines it:
 // 2*N*(C_in+H)*G*H per step, layer and direction, times 3 when training (forward + backward).
@@ -29,8 +31,23 @@ struct Workload {
   bool bidirectional = false, train = false, batch_first = false;
   DType dtype = DType::kFloat32;
   double useful_fraction = 1.0;  // W6: sum of true lengths / (N * T)
+  std::vector<int64_t> lengths;  // per-sample lengths (empty: all T)
+  ExecutorKind executor = ExecutorKind::kLoop;
   const char* note = "";
 };
+
+// Lengths uniform in [lo, T] from a fixed seed; sets the useful fraction.
+void set_lengths(Workload& w, int64_t lo) {
+  std::mt19937 rng(0);
+  std::uniform_int_distribution<int64_t> len(lo, w.T);
+  w.lengths.clear();
+  double sum = 0;
+  for (int64_t i = 0; i < w.N; ++i) {
+    w.lengths.push_back(len(rng));
+    sum += double(w.lengths.back());
+  }
+  w.useful_fraction = sum / (double(w.N) * double(w.T));
+}
 
 double gemm_flops(const Workload& w) {
   const int64_t G = num_gates(w.mode), D = w.bidirectional ? 2 : 1;
@@ -51,7 +68,7 @@ double run(const Workload& w, int repeats, int warmup) {
   d.num_layers = w.L;
   d.bidirectional = w.bidirectional;
   d.dtype = sizeof(T) == 4 ? DType::kFloat32 : DType::kFloat64;
-  const Plan plan = make_plan(d, w.T, w.N, w.train);
+  const Plan plan = make_plan(d, w.T, w.N, w.train, w.lengths, w.executor);
   const int64_t D = d.directions();
   std::mt19937 rng(1234);
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -72,12 +89,16 @@ double run(const Workload& w, int repeats, int warmup) {
   f.x = x.data(), f.x_st = xs_t, f.x_sn = xs_n, f.w = weights.data();
   f.y = y.data(), f.y_st = ys_t, f.y_sn = ys_n;
   f.workspace = ws.data(), f.reserve = rs.data();
+  const int64_t* lens = w.lengths.empty() ? nullptr : w.lengths.data();
+  f.lengths = lens;
   BackwardDataArgs bd;
+  bd.lengths = lens;
   bd.dy = dy.data(), bd.dy_st = ys_t, bd.dy_sn = ys_n, bd.w = weights.data();
   bd.dx = dx.data(), bd.dx_st = xs_t, bd.dx_sn = xs_n, bd.workspace = ws.data(), bd.reserve = rs.data();
   BackwardWeightsArgs bw;
   bw.x = x.data(), bw.x_st = xs_t, bw.x_sn = xs_n, bw.dw = dw.data();
   bw.workspace = ws.data(), bw.reserve = rs.data();
+  bw.lengths = lens;
 
   std::vector<double> times;
   for (int i = 0; i < warmup + repeats; ++i) {
@@ -98,10 +119,11 @@ void report(const Workload& w, int repeats, int warmup) {
   const double ms = w.dtype == DType::kFloat32 ? run<float>(w, repeats, warmup)
                                                : run<double>(w, repeats, warmup);
   const double gflops = ms > 0 ? gemm_flops(w) / (ms * 1e6) : 0.0;
-  std::printf("%-4s %-8s T=%-4lld N=%-4lld C=%-4lld H=%-4lld L=%lld %s %-5s %-7s %10.3f ms %8.1f GFLOP/s %s\n",
+  std::printf("%-4s %-8s T=%-4lld N=%-4lld C=%-4lld H=%-4lld L=%lld %s %-5s %-7s %-8s %10.3f ms %8.1f GFLOP/s %s\n",
               w.name.c_str(), mode_name(w.mode).c_str(), (long long)w.T, (long long)w.N,
               (long long)w.C, (long long)w.H, (long long)w.L, w.bidirectional ? "bi " : "uni",
-              w.train ? "train" : "fwd", dtype_name(w.dtype).c_str(), ms, gflops, w.note);
+              w.train ? "train" : "fwd", dtype_name(w.dtype).c_str(),
+              executor_name(w.executor).c_str(), ms, gflops, w.note);
   std::fflush(stdout);
 }
 
@@ -120,14 +142,8 @@ std::vector<Workload> standard_grid() {
   add("W4", Mode::kGru, 50, 32, 256, 256, 1, false, true);
   add("W5", Mode::kLstm, 40, 128, 57, 128, 1, false, true);
   add("W6", Mode::kLstm, 100, 64, 256, 256, 1, false, true);
-  {  // lengths uniform in [10, 100] with a fixed seed; padded to T=100 until varlen lands
-    std::mt19937 rng(0);
-    std::uniform_int_distribution<int> len(10, 100);
-    double sum = 0;
-    for (int i = 0; i < 64; ++i) sum += len(rng);
-    g.back().useful_fraction = sum / (64.0 * 100.0);
-    g.back().note = "(padded to T=100; useful GFLOP/s)";
-  }
+  set_lengths(g.back(), 10);  // lengths uniform in [10, 100], fixed seed
+  g.back().note = "(lengths in [10, 100]; useful GFLOP/s)";
   add("W7", Mode::kLstm, 100, 32, 256, 256, 2, true, true);
   add("W8", Mode::kLstm, 100, 64, 512, 512, 1, false, false);
   return g;
@@ -144,6 +160,8 @@ int main(int argc, char** argv) {
   Workload w;
   bool grid = false;
   int repeats = 7, warmup = 2;
+  ExecutorKind executor = ExecutorKind::kLoop;
+  int64_t lengths_lo = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -169,6 +187,8 @@ int main(int argc, char** argv) {
       else if (a == "--bidirectional") w.bidirectional = true;
       else if (a == "--train") w.train = true;
       else if (a == "--batch-first") w.batch_first = true;
+      else if (a == "--executor") executor = parse_executor(value());
+      else if (a == "--lengths") lengths_lo = integer();
       else if (a == "--repeats") repeats = static_cast<int>(integer());
       else if (a == "--warmup") warmup = static_cast<int>(integer());
       else usage(("unknown argument " + a).c_str());
@@ -180,8 +200,13 @@ int main(int argc, char** argv) {
   std::printf("# fusedrnn %s, %s, simd %s, OpenMP threads %d\n", b.version.c_str(), b.blas.c_str(),
               b.simd.c_str(), b.openmp_max_threads);
   try {
+    w.executor = executor;
+    if (lengths_lo >= 0) set_lengths(w, lengths_lo);
     if (grid) {
-      for (const Workload& g : standard_grid()) report(g, repeats, warmup);
+      for (Workload& g : standard_grid()) {
+        g.executor = executor;
+        report(g, repeats, warmup);
+      }
     } else {
       report(w, repeats, warmup);
     }

@@ -161,7 +161,13 @@ void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
   } else {
     check_grid("x", p.T, p.N, p.desc.input_size, a.x_st, a.x_sn);
   }
-  dispatch(p.desc.dtype, [&](auto v) { loop::backward_weights<decltype(v)>(p, a); });
+  dispatch(p.desc.dtype, [&](auto v) {
+    if (p.executor == ExecutorKind::kUnrolled) {
+      unrolled::backward_weights<decltype(v)>(p, a);
+    } else {
+      loop::backward_weights<decltype(v)>(p, a);
+    }
+  });
 }
 
 }  // namespace fusedrnn

@@ -217,12 +217,13 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
       ln.h0 = ws.take(N, S);
       ln.c0 = ws.take(N, H);
     }
+    if (training) {
+      ln.colsum = ws.take_bytes(Arena::mul(SH, sizeof(double)));
+      if (p.varlen() || desc.recurrent_dropout > 0) ln.hprev = ws.take(R, S);
+    }
     p.lanes.push_back(ln);
   }
-  if (training) {
-    p.ws.colsum = ws.take_bytes(Arena::mul(SH, sizeof(double)));
-    if (p.varlen() || desc.recurrent_dropout > 0) p.ws.hprev = ws.take(R, S);
-  } else if (desc.zero_masked_output) {
+  if (!training && desc.zero_masked_output) {
     p.ws.states = ws.take(T, N, D * S);
   }
   if (p.varlen()) {

@@ -7,7 +7,11 @@
 //   follow each other); the input gradient of the two directions is added after both;
 // - a unidirectional stack runs as a wavefront of chunks: layer l's chunk k beside layer l+1's chunk
 //   k-1, each task projecting its chunk's input and then stepping through it (backward: stepping
-//   back through the chunk and then its input gradient, which the layer below waits for).
+//   back through the chunk and then its input gradient, which the layer below waits for);
+// - the input gradient of a bidirectional layer is split by time steps across the lanes once both
+//   directions are done, and the weight gradients of the streams are spread over the lanes, so a
+//   multi-stream network never calls multi-threaded BLAS (whose spinning pool would compete with
+//   the lanes).
 // Every layer keeps its own output (no ping-pong) and inference projects whole tasks at once, so
 // the workspace grows with T (the loop executor's does not).
 #include <algorithm>
@@ -90,6 +94,46 @@ struct BackwardOp {
   }
 };
 
+// Whole-layer backward phase: lane i runs its directions of the layer, then, once every direction
+// is done, the layer's input gradient for its share of the time steps (all directions, in order).
+template <typename T>
+struct BackwardLayer {
+  const Plan& p;
+  BackwardData<T>& b;
+  int64_t layer = 0;
+};
+
+template <typename T>
+void backward_layer_lane(void* ctx, int lane) {
+  auto* r = static_cast<BackwardLayer<T>*>(ctx);
+  const Plan& p = r->p;
+  const int64_t l = r->layer, D = p.desc.directions(), n = p.num_lanes;
+  std::atomic<int64_t>* done = lanes::done();
+  for (int dir = lane; dir < D; dir += n) {
+    const int li = static_cast<int>(p.reserve_index(l, dir));
+    r->b.begin(l, dir, li);
+    r->b.chunk(l, dir, li, 0, p.T);
+    r->b.end(l, dir, li);
+    done[li].fetch_add(1, std::memory_order_release);
+  }
+  for (int dir = 0; dir < D; ++dir) lanes::wait_for(done[p.reserve_index(l, dir)], 1);
+  const int64_t t0 = p.T * lane / n, t1 = p.T * (lane + 1) / n;
+  for (int dir = 0; dir < D; ++dir)
+    r->b.input_grad(l, dir, static_cast<int>(p.reserve_index(l, dir)), t0, t1);
+}
+
+// Weight gradients: lane i takes the streams s with s % lanes == i (each writes its own pieces).
+template <typename T>
+void weights_lane(void* ctx, int lane) {
+  auto* b = static_cast<BackwardWeights<T>*>(ctx);
+  const Plan& p = b->p;
+  for (int64_t l = 0; l < p.desc.num_layers; ++l)
+    for (int dir = 0; dir < p.desc.directions(); ++dir) {
+      const int64_t si = p.reserve_index(l, dir);
+      if (si % p.num_lanes == lane) b->stream(l, dir, static_cast<int>(si));
+    }
+}
+
 bool wavefront(const Plan& p) { return p.desc.directions() == 1 && p.desc.num_layers >= 2; }
 
 int64_t tasks_per_stream(const Plan& p) {
@@ -124,20 +168,26 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
   if (wavefront(p)) {
     lanes::run(p.num_lanes, streams, &task_lane<BackwardOp<T>>, &run);
   } else {
+    BackwardLayer<T> layer{p, b};
     for (int64_t l = p.desc.num_layers - 1; l >= 0; --l) {
-      run.layer = l;
-      lanes::run(p.num_lanes, streams, &layer_lane<BackwardOp<T>>, &run);
-      // both directions add into the layer's input gradient, in order, with all BLAS threads
-      for (int dir = 0; dir < p.desc.directions(); ++dir)
-        b.input_grad(l, dir, static_cast<int>(p.reserve_index(l, dir)), 0, p.T);
+      layer.layer = l;
+      lanes::run(p.num_lanes, streams, &backward_layer_lane<T>, &layer);
     }
   }
   b.finish();
+}
+
+template <typename T>
+void backward_weights(const Plan& p, const BackwardWeightsArgs& a) {
+  BackwardWeights<T> b(p, a);
+  lanes::run(p.num_lanes, p.desc.num_layers * p.desc.directions(), &weights_lane<T>, &b);
 }
 
 template void forward<float>(const Plan&, const ForwardArgs&);
 template void forward<double>(const Plan&, const ForwardArgs&);
 template void backward_data<float>(const Plan&, const BackwardDataArgs&);
 template void backward_data<double>(const Plan&, const BackwardDataArgs&);
+template void backward_weights<float>(const Plan&, const BackwardWeightsArgs&);
+template void backward_weights<double>(const Plan&, const BackwardWeightsArgs&);
 
 }  // namespace fusedrnn::unrolled
