@@ -109,22 +109,23 @@ def memory(
 EXECUTORS = ("loop", "unrolled", "auto")
 
 
-# 'auto' picks the unrolled executor up to this many (t, n) rows: its inference workspace keeps
-# every layer's output and the input projection of whole tasks (63 MiB for W7 at T*N = 3200).
+# 'auto' picks the unrolled executor for inference up to this many (t, n) rows: its inference
+# workspace keeps every layer's output and the input projection of whole tasks (63 MiB for W7 at
+# T*N = 3200); in training its scratch is the loop's plus a lane per stream.
 AUTO_UNROLLED_MAX_ROWS = 8192
 
 
 def choose_executor(mode: str, hidden_size: int, T: int, N: int, num_layers: int = 1,
                     bidirectional: bool = False, training: bool = False) -> str:
-    """The executor ``executor='auto'`` picks. 'unrolled' for inference of a network with
-    independent streams to overlap (a bidirectional layer, or a stack of layers) when there are
-    at least two cores and T*N <= AUTO_UNROLLED_MAX_ROWS; 'loop' otherwise. Measured on 2 cores
-    (bench/executors.py, docs/architecture.md): forward only, W7 (2 bidirectional layers) 179 vs
-    241 ms and 4 stacked layers 137 vs 155 ms; training the loop executor was faster (W7 502 vs
-    524 ms, 4 layers 390 vs 417 ms: the concurrent lanes run their GEMMs single-threaded), and
-    with one stream the two do the same work."""
-    if (not training and (bidirectional or num_layers >= 2) and _C.lane_count() >= 2
-            and T * N <= AUTO_UNROLLED_MAX_ROWS):
+    """The executor ``executor='auto'`` picks: 'unrolled' for a network with independent streams
+    to overlap (a bidirectional layer, or a stack of layers) on at least two cores, in inference
+    only up to T*N = AUTO_UNROLLED_MAX_ROWS (its workspace grows with T); 'loop' otherwise (one
+    stream: both do the same work, and the loop's inference scratch does not grow with T).
+    Measured on 2 cores (bench/executors.py, median of 5 interleaved, see docs/architecture.md):
+    W7 (2 bidirectional layers) train 409 vs 450 ms, forward 148 vs 163 ms; 4 stacked layers
+    train 348 vs 391 ms, forward 117 vs 150 ms."""
+    if (bidirectional or num_layers >= 2) and _C.lane_count() >= 2 and (
+            training or T * N <= AUTO_UNROLLED_MAX_ROWS):
         return "unrolled"
     return "loop"
 
