@@ -307,19 +307,21 @@ void scatter_seq(const Net<T>& net, Rows<T> grid, Rows<const T> packed, int64_t 
 }
 
 // ---- Forward ---------------------------------------------------------------------------------------
-template <typename T>
-struct Forward {
+// What a forward or backward-data call holds: the plan, the arguments, the kernels, the buffers and
+// the call's rank order (lengths); `gathered`: lengths with padded data, packed in the workspace.
+template <typename T, typename Args>
+struct Call {
   const Plan& p;
-  const ForwardArgs& a;
+  const Args& a;
   Net<T> net;
   const CellFns<T>& cell;
   T* ws;
   T* rs;
   const T* w;
   const T* zeros;
-  bool gathered;  // lengths with padded x / y: packed copies in the workspace
+  bool gathered;
 
-  Forward(const Plan& plan, const ForwardArgs& args)
+  Call(const Plan& plan, const Args& args)
       : p(plan),
         a(args),
         net(plan),
@@ -330,6 +332,26 @@ struct Forward {
         zeros(zero_row(plan, ws)),
         gathered(plan.varlen() && !args.packed) {
     net.order = call_order(p, ws, a.lengths, a.packed, a.order);
+  }
+};
+
+#define FUSEDRNN_CALL_MEMBERS(Base) \
+  using Base::p;                    \
+  using Base::a;                    \
+  using Base::net;                  \
+  using Base::cell;                 \
+  using Base::ws;                   \
+  using Base::rs;                   \
+  using Base::w;                    \
+  using Base::zeros;                \
+  using Base::gathered
+
+template <typename T>
+struct Forward : Call<T, ForwardArgs> {
+  using Base = Call<T, ForwardArgs>;
+  FUSEDRNN_CALL_MEMBERS(Base);
+
+  Forward(const Plan& plan, const ForwardArgs& args) : Base(plan, args) {
     if (gathered) {
       gather_seq(net, net.rows(ws + p.ws.xpack, p.desc.input_size),
                  Rows<const T>{static_cast<const T*>(a.x), a.x_st, a.x_sn}, p.desc.input_size);
@@ -633,28 +655,11 @@ struct Forward {
 
 // ---- Backward-data ---------------------------------------------------------------------------------
 template <typename T>
-struct BackwardData {
-  const Plan& p;
-  const BackwardDataArgs& a;
-  Net<T> net;
-  const CellFns<T>& cell;
-  T* ws;
-  T* rs;
-  const T* w;
-  const T* zeros;
-  bool gathered;
+struct BackwardData : Call<T, BackwardDataArgs> {
+  using Base = Call<T, BackwardDataArgs>;
+  FUSEDRNN_CALL_MEMBERS(Base);
 
-  BackwardData(const Plan& plan, const BackwardDataArgs& args)
-      : p(plan),
-        a(args),
-        net(plan),
-        cell(plan.kernels->get<T>()),
-        ws(static_cast<T*>(args.workspace)),
-        rs(static_cast<T*>(args.reserve)),
-        w(static_cast<const T*>(args.w)),
-        zeros(zero_row(plan, ws)),
-        gathered(plan.varlen() && !args.packed) {
-    net.order = call_order(p, ws, a.lengths, a.packed, a.order);
+  BackwardData(const Plan& plan, const BackwardDataArgs& args) : Base(plan, args) {
     if (gathered && a.dy) {
       gather_seq(net, net.grid(ws + p.ws.states),
                  Rows<const T>{static_cast<const T*>(a.dy), a.dy_st, a.dy_sn}, net.D * net.HS);

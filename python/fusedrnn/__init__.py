@@ -76,6 +76,7 @@ __all__ = [
     "backward_weights",
     "build_info",
     "checkpoint",
+    "choose_executor",
     "converters",
     "forward",
     "init_weights",
