@@ -431,15 +431,23 @@ def test_inference_workspace_of_the_executors():
 # The entry points above the core: Keras masks, MXNet cells' valid_length, PyTorch PackedSequence
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layer", ["LSTM", "GRU", "Bidirectional"])
-def test_keras_right_padded_mask_runs_as_lengths(monkeypatch, layer):
-    from fusedrnn import functional, layers
+def forward_calls(monkeypatch):
+    """The keyword arguments of every fusedrnn.functional.forward call from here on."""
+    from fusedrnn import functional
     calls = []
     real = functional.forward
 
     def spy(*args, **kw):
         calls.append(kw)
         return real(*args, **kw)
+
+    monkeypatch.setattr(functional, "forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize("layer", ["LSTM", "GRU", "Bidirectional"])
+def test_keras_right_padded_mask_runs_as_lengths(monkeypatch, layer):
+    from fusedrnn import layers
 
     rng = np.random.default_rng(3)
     N, T, C = 4, 6, 3
@@ -454,39 +462,28 @@ def test_keras_right_padded_mask_runs_as_lengths(monkeypatch, layer):
             return layers.Bidirectional(layers.LSTM(5, return_sequences=True, seed=1))
         return getattr(layers, layer)(5, return_sequences=True, zero_output_for_mask=True, seed=1)
 
-    monkeypatch.setattr(functional, "forward", spy)
-    got = make()(x, mask=mask, training=True)
+    lay = make()
+    calls = forward_calls(monkeypatch)
+    got = lay(x, mask=mask, training=True)
     assert "lengths" in calls[-1] and "mask" not in calls[-1]
     np.testing.assert_array_equal(calls[-1]["lengths"], lengths)
     make()(x, mask=gapped)  # not right-padded: the per-step blend
     assert "mask" in calls[-1] and "lengths" not in calls[-1]
-    monkeypatch.setattr(functional, "forward", real)
-    # the same values as the mask path
-    kw = dict(mode="lstm" if layer != "GRU" else "gru", batch_first=True)
-    lay = make()
-    lay(x[:1], mask=mask[:1])  # build
-    flat = lay._bi_flat() if layer == "Bidirectional" else lay._flat
-    H = 5
-    want = fusedrnn.forward(x, flat, hidden_size=H, bidirectional=layer == "Bidirectional",
-                            mask=mask, zero_masked_output=True,
-                            reset_after=True, **kw).y
-    lengths_y = fusedrnn.forward(x, flat, hidden_size=H, bidirectional=layer == "Bidirectional",
-                                 lengths=lengths, **kw).y
-    np.testing.assert_allclose(lengths_y, want, rtol=1e-6, atol=1e-7)
-    assert got.shape == want.shape
+    monkeypatch.undo()
+    # the layer's result equals the mask path on its weights
+    bi = layer == "Bidirectional"
+    flat = lay._bi_flat() if bi else lay._flat
+    want = fusedrnn.forward(x, flat, mode="gru" if layer == "GRU" else "lstm", hidden_size=5,
+                            bidirectional=bi, batch_first=True, mask=mask,
+                            zero_masked_output=True).y
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not got[2].any()  # the length-0 sample
 
 
 @pytest.mark.parametrize("unroll,expected", [(False, "loop"), (True, "unrolled")])
 def test_keras_unroll_picks_the_executor(monkeypatch, unroll, expected):
-    from fusedrnn import functional, layers
-    calls = []
-    real = functional.forward
-
-    def spy(*args, **kw):
-        calls.append(kw)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(functional, "forward", spy)
+    from fusedrnn import layers
+    calls = forward_calls(monkeypatch)
     x = np.ones((2, 3, 4), np.float32)
     layers.GRU(3, unroll=unroll)(x)
     layers.Bidirectional(layers.LSTM(3, unroll=unroll))(x)
@@ -522,16 +519,8 @@ def test_mxnet_cells_valid_length(cell_kind, executor):
 def test_torch_packed_sequence_runs_as_lengths(monkeypatch):
     torch = pytest.importorskip("torch")
     from torch.nn.utils.rnn import pack_padded_sequence
-    from fusedrnn import functional
     import fusedrnn.torch as ftorch
-    calls = []
-    real = functional.forward
-
-    def spy(*args, **kw):
-        calls.append(kw)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(functional, "forward", spy)
+    calls = forward_calls(monkeypatch)
     torch.manual_seed(0)
     m = ftorch.LSTM(3, 4, num_layers=2, bidirectional=True)
     ref_m = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
