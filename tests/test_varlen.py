@@ -427,6 +427,26 @@ def test_inference_workspace_of_the_executors():
         assert ws(mode, 500, "unrolled") > ws(mode, 50, "unrolled"), mode
 
 
+@pytest.mark.parametrize("bi", [False, True])
+def test_loop_inference_with_lengths_does_not_grow_with_t(bi):
+    # lengths and padded data: the input is gathered per chunk and the states kept in a ring, so
+    # one layer's scratch is the same for T = 50 and 500 (lengths all T, and all 1), and results
+    # equal the unrolled executor's (which keeps everything)
+    def ws(T, lengths):
+        return fusedrnn.memory("lstm", 16, 32, T, 16, bidirectional=bi, executor="loop",
+                               lengths=lengths).workspace_bytes
+
+    assert ws(50, [50] * 16) == ws(500, [500] * 16) == ws(500, [1] * 16)
+    q = problem("lstm", 40, 16, 5, 6, bi=bi, seed=4)
+    lengths = np.random.default_rng(1).integers(0, 41, 16)
+    kw = dict(mode="lstm", hidden_size=6, bidirectional=bi, h0=q.h0, c0=q.c0, lengths=lengths)
+    a = fusedrnn.forward(q.x, q.flat, executor="loop", **kw)
+    b = fusedrnn.forward(q.x, q.flat, executor="unrolled", **kw)
+    for u, v in zip(a[:3], b[:3]):
+        np.testing.assert_array_equal(u, v)
+    check_vs_reference(q, list(lengths), "loop")
+
+
 # --------------------------------------------------------------------------
 # The entry points above the core: Keras masks, MXNet cells' valid_length, PyTorch PackedSequence
 # --------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <algorithm>
+#include <functional>
 #include <cstring>
 
 #include "../cpu/blas.h"
@@ -252,8 +253,9 @@ void project_backward(const StepBackward<T>& st, const T* dh, T* dhp, int64_t HS
   }
 }
 
-// Rank order of the call (lengths): a stable counting sort of the samples by descending length,
-// checked against the plan's length profile; the packed form's own order (or identity: null).
+// Rank order of the call (lengths): a stable sort of the samples by descending length (each takes
+// the next rank of its length's block in the plan's profile, found by binary search), checked
+// against the profile; the packed form's own order (or identity: null).
 template <typename T>
 const int64_t* call_order(const Plan& p, T* ws, const int64_t* lengths, bool packed,
                           const int64_t* order) {
@@ -272,19 +274,22 @@ const int64_t* call_order(const Plan& p, T* ws, const int64_t* lengths, bool pac
     return order;
   }
   int64_t* out = reinterpret_cast<int64_t*>(ws + p.ws.order);
-  int64_t* cursor = out + p.N;  // (T + 1): the next rank of each length
-  for (int64_t v = 0; v <= p.T; ++v) cursor[v] = -1;
-  for (int64_t r = p.N - 1; r >= 0; --r) cursor[p.lengths[r]] = r;
+  int64_t* taken = out + p.N;  // per block of equal lengths (at its first rank): ranks handed out
+  for (int64_t r = 0; r < p.N; ++r) taken[r] = 0;
+  const int64_t* sorted = p.lengths.data();
   for (int64_t n = 0; n < p.N; ++n) {
     const int64_t v = lengths[n];
     FUSEDRNN_CHECK(v >= 0 && v <= p.T, ValueError, "lengths: expected values in [0, ", p.T,
                    "], got ", v, " at index ", n);
-    const int64_t r = cursor[v];
-    FUSEDRNN_CHECK(r >= 0 && r < p.N && p.lengths[r] == v, ValueError,
+    // first rank of length v in the descending profile
+    const int64_t first =
+        std::lower_bound(sorted, sorted + p.N, v, std::greater<int64_t>()) - sorted;
+    const int64_t r = first + taken[first < p.N ? first : 0];
+    FUSEDRNN_CHECK(first < p.N && r < p.N && sorted[r] == v, ValueError,
                    "lengths: not the length profile the plan was made for (too many samples of "
                    "length ", v, ")");
     out[r] = n;
-    ++cursor[v];
+    ++taken[first];
   }
   return out;
 }
@@ -296,11 +301,12 @@ void gather_seq(const Net<T>& net, Rows<T> packed, Rows<const T> grid, int64_t w
     for (int64_t r = 0; r < net.batch(t); ++r)
       std::memcpy(packed.row(t, r), grid.row(t, net.sample(r)), sizeof(T) * width);
 }
+// A null `packed` only zero-fills (the valid rows are already in place).
 template <typename T>
 void scatter_seq(const Net<T>& net, Rows<T> grid, Rows<const T> packed, int64_t width) {
   for (int64_t r = 0; r < net.N; ++r) {
     const int64_t n = net.sample(r), len = net.length(r);
-    for (int64_t t = 0; t < len; ++t)
+    for (int64_t t = 0; packed.p && t < len; ++t)
       std::memcpy(grid.row(t, n), packed.row(t, r), sizeof(T) * width);
     for (int64_t t = len; t < net.T_; ++t) std::memset(grid.row(t, n), 0, sizeof(T) * width);
   }
@@ -351,8 +357,12 @@ struct Forward : Call<T, ForwardArgs> {
   using Base = Call<T, ForwardArgs>;
   FUSEDRNN_CALL_MEMBERS(Base);
 
+  // Loop inference with lengths and padded data: the input is gathered per chunk and the last
+  // layer's states live in a ring of two rows, each step scattered into y.
+  bool streamed() const { return gathered && p.lanes[0].ring >= 0; }
+
   Forward(const Plan& plan, const ForwardArgs& args) : Base(plan, args) {
-    if (gathered) {
+    if (gathered && !streamed()) {
       gather_seq(net, net.rows(ws + p.ws.xpack, p.desc.input_size),
                  Rows<const T>{static_cast<const T*>(a.x), a.x_st, a.x_sn}, p.desc.input_size);
     }
@@ -376,8 +386,8 @@ struct Forward : Call<T, ForwardArgs> {
     const bool last = l == net.L - 1;
     const bool unrolled_infer = !p.training && !p.ws.outs.empty();
     if (l == 0) {
-      r.X = gathered ? net.rows(ws + p.ws.xpack, p.desc.input_size).as_const()
-                     : user(const_cast<void*>(a.x), a.x_st, a.x_sn).as_const();
+      r.X = gathered && !streamed() ? net.rows(ws + p.ws.xpack, p.desc.input_size).as_const()
+                                    : user(const_cast<void*>(a.x), a.x_st, a.x_sn).as_const();
     } else if (p.training) {
       r.X = net.grid(rs + p.reserve.out[l - 1]).as_const();
     } else if (unrolled_infer) {
@@ -394,8 +404,10 @@ struct Forward : Call<T, ForwardArgs> {
       r.O = net.grid(rs + p.reserve.out[l]);
     } else if (!last) {
       r.O = net.grid(unrolled_infer ? ws + p.ws.outs[l] : ws + p.ws.inter[l % 2]);
-    } else if (r.zero_masked || gathered) {
+    } else if (r.zero_masked || (gathered && !streamed())) {
       r.O = net.grid(ws + p.ws.states);
+    } else if (gathered) {
+      r.O = Rows<T>{};  // streamed: the states are in the lane's ring (states_of)
     } else {
       r.O = r.Y;
     }
@@ -404,6 +416,14 @@ struct Forward : Call<T, ForwardArgs> {
   }
 
   const Plan::Lane& lane(int li) const { return p.lanes[li]; }
+
+  // The hidden-state rows of (layer, direction): the ring when streamed (the last layer).
+  typename Net<T>::States states_of(const IO& io, int64_t l, int dir, const Plan::Lane& ln) const {
+    if (streamed() && l == net.L - 1)
+      return {ws + ln.ring, net.N * net.HS, net.HS, true, nullptr};
+    return net.states(io.O, rs, ln.zone >= 0 ? ws + ln.zone : nullptr, p.reserve_index(l, dir),
+                      dir);
+  }
 
   void begin(int64_t l, int dir, int li) {
     const Plan::Lane& ln = lane(li);
@@ -432,8 +452,9 @@ struct Forward : Call<T, ForwardArgs> {
     const T* w_hr = net.proj ? w + off.w_hr : nullptr;
     const T* bias = ws + ln.bias;
     T* gh = ws + ln.gh;
-    const auto S = net.states(io.O, rs, ln.zone >= 0 ? ws + ln.zone : nullptr, si, dir);
+    const auto S = states_of(io, l, dir, ln);
     const bool zone = net.sep;
+    const bool scatter = streamed() && l == net.L - 1;  // each step's rows go to y
     StepZone<T> zn = zone_of<T>(p, a.seed, l, dir);
     int64_t ld_h0 = 0, ld_c0 = 0;
     // with lengths the rank-ordered initial states were gathered in begin() (h0 here, c0 there)
@@ -464,7 +485,16 @@ struct Forward : Call<T, ForwardArgs> {
       base = t0;
     }
     const Rows<T> GXc = p.training ? GX.shifted(t0) : GX;
-    const Rows<const T> Xc = io.X.shifted(t0);
+    Rows<const T> Xc = io.X.shifted(t0);
+    if (streamed() && l == 0) {  // gather this chunk's rows of the padded input
+      const Rows<T> Xp{ws + p.ws.xpack, 0, cin, p.offsets.data() + t0};
+      for (int64_t t = t0; t < t1; ++t)
+        for (int64_t r = 0; r < net.batch(t); ++r)
+          std::memcpy(Xp.row(t - t0, r),
+                      static_cast<const T*>(a.x) + t * a.x_st + net.sample(r) * a.x_sn,
+                      sizeof(T) * cin);
+      Xc = Xp.as_const();
+    }
     if (mx) {
       const Rows<T> Xm = net.rows(ws + ln.xdrop, cin).shifted(t0);
       for (int64_t k = 0; k < net.DG; ++k) {
@@ -580,6 +610,11 @@ struct Forward : Call<T, ForwardArgs> {
           project_fixup(st, hrow, S.ld, HS, io.copy_to_y ? io.Y.row(t, r0) + dir * HS : nullptr,
                         io.Y.sn);
         }
+        if (scatter) {
+          for (int64_t n = 0; n < nb; ++n)
+            std::memcpy(static_cast<T*>(a.y) + t * a.y_st + net.sample(r0 + n) * a.y_sn + dir * HS,
+                        hrow + n * S.ld, sizeof(T) * HS);
+        }
         if (zone) {
           zn.N = nb;
           zn.index0 = static_cast<uint64_t>((t * N + r0) * H);
@@ -621,7 +656,7 @@ struct Forward : Call<T, ForwardArgs> {
     const int64_t N = net.N, H = net.H, HS = net.HS;
     const int64_t si = p.reserve_index(l, dir);
     const IO io = this->io(l);
-    const auto S = net.states(io.O, rs, ln.zone >= 0 ? ws + ln.zone : nullptr, si, dir);
+    const auto S = states_of(io, l, dir, ln);
     const Rows<T> C = net.rows(p.training && net.lstm ? rs + p.reserve.cells[si] : nullptr, H);
     int64_t ld_h0 = 0, ld_c0 = 0;
     const T* h0 = a.hy ? initial_state<T>(net, a.hx, si, HS, zeros, ws + ln.h0, &ld_h0) : nullptr;
@@ -649,7 +684,7 @@ struct Forward : Call<T, ForwardArgs> {
   void layer_end(int64_t l) {
     if (l != net.L - 1 || !gathered) return;
     const IO io = this->io(l);
-    scatter_seq(net, io.Y, io.O.as_const(), net.D * net.HS);
+    scatter_seq(net, io.Y, streamed() ? Rows<const T>{} : io.O.as_const(), net.D * net.HS);
   }
 };
 

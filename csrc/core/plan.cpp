@@ -227,9 +227,13 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
     p.ws.states = ws.take(T, N, D * S);
   }
   if (p.varlen()) {
-    if (p.ws.states < 0) p.ws.states = ws.take(R, D * S);
-    p.ws.xpack = ws.take(R, desc.input_size);
-    p.ws.order = ws.take_bytes(Arena::mul(N + std::max(N, T + 1), sizeof(int64_t)));
+    // loop inference streams the packed input per chunk and keeps the last layer's states in a
+    // ring (scattering each step into y), so its scratch still does not grow with T
+    const bool streamed = !training && !unrolled;
+    if (p.ws.states < 0 && !streamed) p.ws.states = ws.take(R, D * S);
+    p.ws.xpack = streamed ? ws.take(p.chunk_t, N, desc.input_size) : ws.take(R, desc.input_size);
+    if (streamed) p.lanes[0].ring = ws.take(2, N, S);
+    p.ws.order = ws.take_bytes(Arena::mul(2 * N, sizeof(int64_t)));
   }
   p.workspace_bytes = ws.bytes();
 

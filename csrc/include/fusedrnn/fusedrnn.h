@@ -176,9 +176,9 @@ struct Plan {
     int64_t states = -1;    // inference with zero_masked_output: the last layer's states (T, N, D*S);
                             // with lengths: the packed output (forward) / output gradient (backward)
     int64_t xpack = -1;     // lengths: the packed layer-0 input (forward, backward_weights) or its
-                            // gradient (backward_data) (rows, C)
-    int64_t order = -1;     // lengths: rank -> sample (N int64), then a counting-sort cursor
-                            // (T + 1) or a permutation check (N)
+                            // gradient (backward_data) (rows, C); loop inference: one chunk's
+    int64_t order = -1;     // lengths: rank -> sample (N int64), then N int64 for the sort or the
+                            // permutation check
   } ws;
 
   const CellKernels* kernels = nullptr;
@@ -211,6 +211,7 @@ struct Plan {
     int64_t zone = -1;      // zoneout / residual (4, N, H)
     int64_t h0 = -1;        // lengths: the initial states in rank order (N, S) and (N, H)
     int64_t c0 = -1;
+    int64_t ring = -1;      // loop inference with lengths: the last layer's states, two rows (2, N, S)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
     int64_t hprev = -1;     // backward_weights with lengths or recurrent dropout: every step's
                             // h_{t-1} (masked) in packed order (rows, S)
