@@ -14,8 +14,8 @@ saying so, only fusedrnn and torch are required):
 - ``fusedrnn``: ``fusedrnn.forward`` / ``fusedrnn.backward`` on NumPy arrays, executor 'auto'.
   W6 runs with its true ``lengths=`` ("fusedrnn") and padded to T=100 ("fusedrnn padded").
 - ``torch``: ``torch.nn.LSTM/GRU/RNN`` on CPU (the weights' source; converted to fusedrnn's flat
-  vector with ``fusedrnn.converters.torch_to_flat``). W6 padded ("torch") and as a PackedSequence
-  ("torch packed"). Calls are compare.py's ``torch_call``.
+  vector with ``fusedrnn.converters.torch_to_flat``). W6 padded ("torch padded") and as a
+  PackedSequence ("torch packed"). Calls are compare.py's ``torch_call``.
 - ``onnxruntime``: forward-only workloads only (W1, W8): the torch module exported with
   ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``, opset 17) and run by an
   InferenceSession on the CPU execution provider, intra-op threads = --threads.
@@ -79,8 +79,8 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # The thread pools (OpenMP, OpenBLAS, MKL) are sized when numpy, torch and fusedrnn load, so the
-# thread count goes into the environment first (as in compare.py); Keras reads its backend on import.
+# thread count goes into the environment first (as in compare.py); Keras reads its backend when
+# it is imported.
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -136,20 +137,18 @@ if ARGS is not None:
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import compare  # noqa: E402
-import fusedrnn  # noqa: E402
-from compare import Workload  # noqa: E402
-
+import compare
+import fusedrnn
+import numpy as np
+import torch
+from compare import Workload
 
 # --------------------------------------------------------------------------------------------------
 # Workloads
 
 
 def parse_custom(spec: str, index: int) -> Workload:
-    """A Workload from "MODE,C=..,H=..,N=..,T=..[,L=..][,bi=..][,train=..][,last=..][,lengths=A-B]"."""
+    """A Workload from a --custom spec (see the top of the file)."""
     mode, *items = [s.strip() for s in spec.split(",") if s.strip()]
     if mode not in fusedrnn.MODES:
         raise ValueError(f"custom {spec!r}: mode {mode!r} is not one of {fusedrnn.MODES}")
@@ -188,7 +187,7 @@ def select_workloads(args: argparse.Namespace) -> list[Workload]:
         parse_custom(spec, k + 1) for k, spec in enumerate(args.custom)]
 
 
-def true_steps(w: Workload) -> Optional[np.ndarray]:
+def true_steps(w: Workload) -> np.ndarray | None:
     """(T, N) bool: the steps inside each sequence's true length; None without lengths."""
     if w.lengths is None:
         return None
@@ -204,9 +203,8 @@ class Variant:
     """One timed way of running a workload."""
     call: Callable[[], np.ndarray]  # one forward (+ backward) call; returns the output
     layout: str = "TND"  # of the output: TND, NTD (batch first), ND (last step), or none
-    plan_bytes: Optional[int] = None  # fusedrnn's workspace + reserve
-    before_probe: Optional[Callable[[], None]] = None  # drops state kept between calls
-    note: str = ""
+    plan_bytes: int | None = None  # fusedrnn's workspace + reserve
+    before_probe: Callable[[], None] | None = None  # drops state kept between calls
 
 
 @dataclass
@@ -218,7 +216,6 @@ class Setup:
     x: np.ndarray  # (T, N, C), zero beyond the true lengths
     threads: int
     probe: bool = False  # building for the memory probe
-    extra: dict = field(default_factory=dict)
 
 
 def make_setup(w: Workload, threads: int, probe: bool = False) -> Setup:
@@ -242,8 +239,9 @@ def fusedrnn_variants(s: Setup) -> dict[str, Variant]:
     w = s.w
 
     def variant(lengths) -> Variant:
-        kw = dict(mode=w.mode, hidden_size=w.H, num_layers=w.L, bidirectional=w.bidirectional,
-                  training=w.train, lengths=lengths, executor="auto")
+        kw = {"mode": w.mode, "hidden_size": w.H, "num_layers": w.L,
+              "bidirectional": w.bidirectional, "training": w.train, "lengths": lengths,
+              "executor": "auto"}
         dy = None
         if w.train:
             dy = np.zeros((w.T, w.N, w.directions * w.H), dtype=np.float32)
@@ -269,9 +267,10 @@ def fusedrnn_variants(s: Setup) -> dict[str, Variant]:
 
 def torch_variants(s: Setup) -> dict[str, Variant]:
     xt = torch.from_numpy(s.x)
-    clear = lambda: s.module.zero_grad(set_to_none=True)  # noqa: E731
-    out = {"torch": Variant(compare.torch_call(s.w, s.module, xt, packed=False),
-                            before_probe=clear)}
+    clear = lambda: s.module.zero_grad(set_to_none=True)
+    padded = "torch" if s.w.lengths is None else "torch padded"
+    out = {padded: Variant(compare.torch_call(s.w, s.module, xt, packed=False),
+                           before_probe=clear)}
     if s.w.lengths is not None:
         out["torch packed"] = Variant(compare.torch_call(s.w, s.module, xt, packed=True),
                                       layout="none", before_probe=clear)
@@ -399,14 +398,14 @@ def available_frameworks(optional: list[str]) -> tuple[list[str], dict[str, str]
 
 
 def build_variants(s: Setup, frameworks: list[str],
-                   failures: Optional[dict] = None) -> dict[str, Variant]:
+                   failures: dict | None = None) -> dict[str, Variant]:
     """Every framework's variants of a workload; a framework that fails here is recorded in
     ``failures`` (fusedrnn and torch must not fail)."""
     variants: dict[str, Variant] = {}
     for fw in frameworks:
         try:
             variants.update(BUILDERS[fw](s))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if fw in ("fusedrnn", "torch"):
                 raise
             if failures is not None:
@@ -419,7 +418,7 @@ def build_variants(s: Setup, frameworks: list[str],
 # Measurement
 
 
-def y_diff(w: Workload, ref: np.ndarray, y: np.ndarray, layout: str) -> Optional[float]:
+def y_diff(w: Workload, ref: np.ndarray, y: np.ndarray, layout: str) -> float | None:
     """Largest |y - fusedrnn's y| over the outputs both compute (W6: the true steps)."""
     if layout == "none":
         return None
@@ -464,7 +463,7 @@ def _proc_status_kib(key: str) -> int:
 
 
 def rss_growth(v: Variant) -> int:
-    """Bytes by which one steady-state call raises the peak resident set (see the top of the file)."""
+    """Bytes by which one steady-state call raises the peak resident set (top of the file)."""
     v.call()  # compile, lazy initialisation, caches
     if v.before_probe:
         v.before_probe()
@@ -497,7 +496,7 @@ def measure_memory(args: argparse.Namespace, frameworks: list[str]) -> tuple[dic
     for spec in args.custom:
         cmd += ["--custom", spec]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {}, f"memory probe failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1]), ""
@@ -555,8 +554,8 @@ def table_lines(results: list[dict]) -> list[str]:
 
 
 def overhead_lines(overhead: dict) -> list[str]:
-    lines = [f"Per-call overhead from Python: LSTM C=H=64, N=1, T=1, forward only, "
-             f"{OVERHEAD_CALLS} calls timed one by one after {OVERHEAD_WARMUP} untimed ones",
+    lines = [(f"Per-call overhead from Python: LSTM C=H=64, N=1, T=1, forward only, "
+             f"{OVERHEAD_CALLS} calls timed one by one after {OVERHEAD_WARMUP} untimed ones"),
              "", "| framework | median µs | p10 µs | p90 µs |", "| --- | ---: | ---: | ---: |"]
     for name, o in overhead.items():
         lines.append(f"| {name} | {o['median_us']:.1f} | {o['p10_us']:.1f} | {o['p90_us']:.1f} |")
@@ -564,8 +563,8 @@ def overhead_lines(overhead: dict) -> list[str]:
 
 
 COLORS = {"fusedrnn": "#d62728", "fusedrnn padded": "#ff9896", "torch": "#1f77b4",
-          "torch packed": "#aec7e8", "onnxruntime": "#2ca02c", "keras": "#9467bd",
-          "keras masked": "#c5b0d5"}
+          "torch padded": "#1f77b4", "torch packed": "#aec7e8", "onnxruntime": "#2ca02c",
+          "keras": "#9467bd", "keras masked": "#c5b0d5"}
 
 
 def write_png(path: str, results: list[dict], title: str) -> None:
@@ -649,14 +648,14 @@ def main(args: argparse.Namespace) -> int:
     lines.append("frameworks: fusedrnn, torch; " + "; ".join(
         f"{fw}: {st}" for fw, st in status.items()))
     lines += ["", *table_lines(results), "",
-              f"median of {args.repeats} interleaved timed calls after {args.warmup} warm-up "
+              (f"median of {args.repeats} interleaved timed calls after {args.warmup} warm-up "
               f"round(s), each after {compare.SETTLE_S} s idle and {compare.PRIME_S * 1e3:.0f} ms "
               "of untimed calls (compare.py). GFLOP/s: BENCH.md GEMM FLOPs (W6: useful FLOPs of "
               "the true lengths, for every variant). vs anchor: anchor ms / ms, the anchor being "
               "the fastest variant of another framework than fusedrnn. memory: plan = fusedrnn's "
               "workspace + reserve; rss = peak resident-set growth of one steady-state call, "
               "measured in a separate process (bench/harness.py docstring). max abs y diff: vs "
-              f"fusedrnn's outputs. * noisy: median > {compare.NOISY} x fastest call, rerun."]
+              f"fusedrnn's outputs. * noisy: median > {compare.NOISY} x fastest call, rerun.")]
     if memory_error:
         lines.append(memory_error)
     if overhead:
