@@ -138,3 +138,22 @@ def test_residual(mode):
             assert_executors_agree(q, dtype, f"[{mode} residual L={L} bi={bi}]", residual=True)
             assert_executors_agree(q, dtype, f"[{mode} residual+zoneout L={L} bi={bi}]",
                                    residual=True, zoneout_states=0.3, seed=9)
+
+
+@pytest.mark.parametrize("mode,L,bi,P", [("lstm", 2, True, 0), ("gru", 3, False, 0),
+                                         ("rnn_tanh", 1, True, 0), ("lstm", 2, False, 9)])
+def test_packed_recurrent_gemm_shapes(mode, L, bi, P):
+    # float32 lanes run the recurrent products through the packed GEMM (cpu/packed_gemm.h): batch
+    # 13 = two full 6-row blocks and a remainder, 4H = 80 (five 16-column panels) and H = 20 (a
+    # full and a partial panel in backward), with lengths (shrinking row counts) and without
+    q = problem(mode, 9, 13, 5, 20, L, bi, P=P, seed=seed_of("packed", mode, L, bi, P))
+    assert_executors_agree(q, np.float32, f"packed {mode} L={L} bi={bi} P={P}")
+    lengths = np.array([9, 1, 4, 9, 7, 2, 8, 3, 6, 5, 9, 0, 4])
+    assert_executors_agree(q, np.float32, f"packed lengths {mode}", lengths=lengths)
+    # and against the float64 run: an error of the packed GEMM would be far above float32 rounding
+    want = run(q, np.float64, "loop")
+    got = run(q, np.float32, "unrolled")
+    for name in want:
+        if want[name] is not None:
+            scale = max(1.0, float(np.max(np.abs(want[name]))))
+            assert np.max(np.abs(got[name] - want[name])) <= 1e-4 * scale, name

@@ -17,10 +17,12 @@
 
 #include <algorithm>
 #include <functional>
+#include <type_traits>
 #include <cstring>
 
 #include "../cpu/blas.h"
 #include "../cpu/cell.h"
+#include "../cpu/packed_gemm.h"
 #include "fusedrnn/fusedrnn.h"
 #include "fusedrnn/random.h"
 #include "rows.h"
@@ -312,6 +314,32 @@ void scatter_seq(const Net<T>& net, Rows<T> grid, Rows<const T> packed, int64_t 
   }
 }
 
+// The recurrent products that lanes run single-threaded: with packed weights (float32, see
+// Plan::Lane::wpack) through the packed GEMM, else BLAS. Forward: C = A W^T (W is (N x K));
+// backward: C += A W (W is (K x N)).
+template <typename T>
+void pack_recurrent(const Plan::Lane& ln, T* ws, bool backward, const T* w, int64_t ld,
+                    int64_t rows, int64_t cols) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (ln.wpack < 0) return;
+    if (backward) {
+      cpu::pack_b(false, w, ld, cols, rows, ws + ln.wpack);
+    } else {
+      cpu::pack_b(true, w, ld, rows, cols, ws + ln.wpack);
+    }
+  }
+}
+
+template <typename T>
+void recurrent_gemm(const Plan::Lane& ln, const T* ws, bool backward, int64_t M, int64_t N,
+                    int64_t K, const T* A, int64_t lda, const T* w, int64_t ldw, T* C,
+                    int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (ln.wpack >= 0) return cpu::gemm_packed(M, N, K, A, lda, ws + ln.wpack, backward, C, ldc);
+  }
+  cpu::gemm<T>(false, !backward, M, N, K, T(1), A, lda, w, ldw, backward ? T(1) : T(0), C, ldc);
+}
+
 // ---- Forward ---------------------------------------------------------------------------------------
 // What a forward or backward-data call holds: the plan, the arguments, the kernels, the buffers and
 // the call's rank order (lengths); `gathered`: lengths with padded data, packed in the workspace.
@@ -438,6 +466,8 @@ struct Forward : Call<T, ForwardArgs> {
     dropout_mask(net, ws, ln.drop_x, cin, p.desc.dropout, a.seed, l, dir, DropoutKind::kInput);
     dropout_mask(net, ws, ln.drop_h, net.H, p.desc.recurrent_dropout, a.seed, l, dir,
                  DropoutKind::kRecurrent);
+    const int64_t k_rec = (net.rb ? 2 : net.G) * net.H;  // the rows of W_hh projected per step
+    pack_recurrent(ln, ws, false, w + off.w_hh, net.HS, k_rec, net.HS);
   }
 
   // Steps [t0, t1) of (layer, direction), in its processing order.
@@ -562,8 +592,8 @@ struct Forward : Call<T, ForwardArgs> {
               st.h_rec = hm;
               st.ld_hrec = H;
             }
-            cpu::gemm<T>(false, true, nb, k_rec * H, HS, T(1), st.h_rec, st.ld_hrec, w_hh, HS,
-                         T(0), gh, GH);
+            recurrent_gemm(ln, ws, false, nb, k_rec * H, HS, st.h_rec, st.ld_hrec, w_hh, HS, gh,
+                           GH);
           }
           st.gh = gh;
           st.ld_gh = GH;
@@ -732,6 +762,10 @@ struct BackwardData : Call<T, BackwardDataArgs> {
     dropout_mask(net, ws, ln.drop_x, cin, p.desc.dropout, a.seed, l, dir, DropoutKind::kInput);
     dropout_mask(net, ws, ln.drop_h, H, p.desc.recurrent_dropout, a.seed, l, dir,
                  DropoutKind::kRecurrent);
+    if (!net.proj) {  // dh_{t-1} += dG_h W_hh, W_hh's first k_rec rows
+      const int64_t k_rec = (net.rb ? 2 : net.G) * H;
+      pack_recurrent(ln, ws, true, w + layer_param_offsets(p.desc, l, dir).w_hh, H, k_rec, H);
+    }
   }
 
   // Steps [t0, t1) of (layer, direction) in reverse processing order.
@@ -877,7 +911,7 @@ struct BackwardData : Call<T, BackwardDataArgs> {
           cpu::gemm<T>(false, false, nb, H, k_rec, T(1), st.dg, net.SH, w_hh, H, T(0), tmp, H);
           mask_rows(Rows<T>{dhs, 0, H}, Rows<const T>{tmp, 0, H}, mh + r0 * H, 1, nb, H, true);
         } else {
-          cpu::gemm<T>(false, false, nb, H, k_rec, T(1), st.dg, net.SH, w_hh, H, T(1), dhs, H);
+          recurrent_gemm(ln, ws, true, nb, H, k_rec, st.dg, net.SH, w_hh, H, dhs, H);
         }
       });
     }

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "../cpu/cell.h"
+#include "../cpu/packed_gemm.h"
 #include "fusedrnn/fusedrnn.h"
 
 namespace fusedrnn {
@@ -191,6 +192,11 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
   const int64_t widest = std::max(desc.input_size, std::max<int64_t>(D * H, H));
   const int64_t masks = desc.dropout_mask_count();
   const int64_t streams = unrolled ? L * D : 1;
+  // Lanes that run concurrently do their recurrent products single-threaded: the packed GEMM beats
+  // a single-threaded BLAS call there (cpu/packed_gemm.h).
+  const int64_t k_rec = (desc.gru_reset_before() ? 2 : num_gates(desc.mode)) * H;
+  const bool packed = unrolled && p.num_lanes >= 2 && desc.dtype == DType::kFloat32 &&
+                      desc.dropout_mask_count() == 1 && cpu::packed_gemm_available();
   for (int64_t i = 0; i < streams; ++i) {
     Plan::Lane ln;
     ln.bias = ws.take(GH + H);
@@ -206,6 +212,8 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
       }
     }
     if (desc.residual || desc.zoneout()) ln.zone = ws.take(4, N, H);
+    if (packed)
+      ln.wpack = ws.take(std::max(cpu::packed_size(k_rec, S), training ? cpu::packed_size(S, k_rec) : 0));
     if (training) {
       ln.dh = ws.take(N, S);
       ln.dc = ws.take(N, H);

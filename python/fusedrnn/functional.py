@@ -122,8 +122,8 @@ def choose_executor(mode: str, hidden_size: int, T: int, N: int, num_layers: int
     only up to T*N = AUTO_UNROLLED_MAX_ROWS (its workspace grows with T); 'loop' otherwise (one
     stream: both do the same work, and the loop's inference scratch does not grow with T).
     Measured on 2 cores (bench/executors.py, median of 5 interleaved, see docs/architecture.md):
-    W7 (2 bidirectional layers) train 409 vs 450 ms, forward 148 vs 163 ms; 4 stacked layers
-    train 348 vs 391 ms, forward 117 vs 150 ms."""
+    W7 (2 bidirectional layers) train 338 vs 406 ms, forward 140 vs 157 ms; 4 stacked layers
+    train 351 vs 440 ms, forward 102 vs 130 ms."""
     if (bidirectional or num_layers >= 2) and _C.lane_count() >= 2 and (
             training or T * N <= AUTO_UNROLLED_MAX_ROWS):
         return "unrolled"

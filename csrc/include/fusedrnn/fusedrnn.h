@@ -211,6 +211,8 @@ struct Plan {
     int64_t zone = -1;      // zoneout / residual (4, N, H)
     int64_t h0 = -1;        // lengths: the initial states in rank order (N, S) and (N, H)
     int64_t c0 = -1;
+    int64_t wpack = -1;     // unrolled float32 lanes: W_hh packed for the packed GEMM (forward:
+                            // op = W^T, backward: W), cpu/packed_gemm.h
     int64_t ring = -1;      // loop inference with lengths: the last layer's states, two rows (2, N, S)
     int64_t colsum = -1;    // backward_weights: bias-gradient accumulators (gate_slots*H doubles)
     int64_t hprev = -1;     // backward_weights with lengths or recurrent dropout: every step's
