@@ -250,7 +250,6 @@ PYBIND11_MODULE(_C, m) {
                                              zoneout_outputs, zoneout_states, residual, proj_size,
                                              dropout_per_gate),
                                    T, N, training, lens, parse_executor(executor));
-             FUSEDRNN_CHECK(lengths.is_none() || N > 0 || lens.empty(), ValueError, "lengths");
              return plan;
            }),
            py::arg("mode"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"),

@@ -130,10 +130,11 @@ void gather_rows(T* dst, const T* src, const Net<T>& net, int64_t width) {
 }
 
 // The initial state (L*D, N, width) of stream si in rank order: a pointer and its row stride (0 for
-// the shared zero row when absent). With lengths and a state given, gathered into `scratch`.
+// the shared zero row when absent). With lengths and a state given, the rows live in `scratch`:
+// gathered there when `gather` (a stream's begin), read from there afterwards.
 template <typename T>
 const T* initial_state(const Net<T>& net, const void* state, int64_t si, int64_t width,
-                       const T* zeros, T* scratch, int64_t* ld) {
+                       const T* zeros, T* scratch, int64_t* ld, bool gather = false) {
   if (!state) {
     *ld = 0;
     return zeros;
@@ -141,7 +142,7 @@ const T* initial_state(const Net<T>& net, const void* state, int64_t si, int64_t
   const T* src = static_cast<const T*>(state) + si * net.N * width;
   *ld = width;
   if (!net.order) return src;
-  gather_rows(scratch, src, net, width);
+  if (gather) gather_rows(scratch, src, net, width);
   return scratch;
 }
 
@@ -458,11 +459,10 @@ struct Forward : Call<T, ForwardArgs> {
     const LayerParams off = layer_param_offsets(p.desc, l, dir);
     fold_bias(net, w + off.b_ih, w + off.b_hh, ws + ln.bias);
     const int64_t si = p.reserve_index(l, dir), cin = p.desc.layer_input_size(l);
-    if (net.lstm && !p.training) {
-      int64_t ld;
-      const T* c0 = initial_state<T>(net, a.cx, si, net.H, zeros, ws + ln.c0, &ld);
-      copy_rows(ws + ln.cstate, net.H, c0, ld, net.N, net.H);
-    }
+    int64_t ld;  // the rank-ordered initial states, gathered once for the stream's chunks
+    initial_state<T>(net, a.hx, si, net.HS, zeros, ws + ln.h0, &ld, true);
+    const T* c0 = initial_state<T>(net, a.cx, si, net.H, zeros, ws + ln.c0, &ld, true);
+    if (net.lstm && !p.training) copy_rows(ws + ln.cstate, net.H, c0, ld, net.N, net.H);
     dropout_mask(net, ws, ln.drop_x, cin, p.desc.dropout, a.seed, l, dir, DropoutKind::kInput);
     dropout_mask(net, ws, ln.drop_h, net.H, p.desc.recurrent_dropout, a.seed, l, dir,
                  DropoutKind::kRecurrent);
@@ -487,7 +487,7 @@ struct Forward : Call<T, ForwardArgs> {
     const bool scatter = streamed() && l == net.L - 1;  // each step's rows go to y
     StepZone<T> zn = zone_of<T>(p, a.seed, l, dir);
     int64_t ld_h0 = 0, ld_c0 = 0;
-    // with lengths the rank-ordered initial states were gathered in begin() (h0 here, c0 there)
+    // with lengths the rank-ordered initial states were gathered in begin()
     const T* h0 = initial_state<T>(net, a.hx, si, HS, zeros, ws + ln.h0, &ld_h0);
     const T* c0 = net.lstm && p.training
                       ? initial_state<T>(net, a.cx, si, H, zeros, ws + ln.c0, &ld_c0)
@@ -754,6 +754,9 @@ struct BackwardData : Call<T, BackwardDataArgs> {
     const int64_t si = p.reserve_index(l, dir);
     T* dh = ws + ln.dh;
     T* dc = ws + ln.dc;
+    int64_t ld;  // the rank-ordered initial states, gathered once for the stream's chunks
+    initial_state<T>(net, a.hx, si, HS, zeros, ws + ln.h0, &ld, true);
+    initial_state<T>(net, a.cx, si, H, zeros, ws + ln.c0, &ld, true);
     gather_rows(dh, a.dhy ? static_cast<const T*>(a.dhy) + si * N * HS : nullptr, net, HS);
     if (net.lstm) gather_rows(dc, a.dcy ? static_cast<const T*>(a.dcy) + si * N * H : nullptr, net, H);
     if (net.sep) std::memset(ws + ln.zone, 0, sizeof(T) * N * H);  // the output carry
@@ -1056,7 +1059,7 @@ struct BackwardWeights {
       // with per-gate masks) into packed rows in time order, then one GEMM per pass
       const Rows<T> Hm = net.rows(ws + ln.hprev, HS);
       int64_t ld_h0 = 0;
-      const T* h0 = initial_state<T>(net, a.hx, si, HS, nullptr, ws + ln.h0, &ld_h0);
+      const T* h0 = initial_state<T>(net, a.hx, si, HS, nullptr, ws + ln.h0, &ld_h0, true);
       const int64_t passes = mh && net.DG > 1 ? m_rec / H : 1;
       for (int64_t k = 0; k < passes; ++k) {
         for (int64_t t = 0; t < T_; ++t) {

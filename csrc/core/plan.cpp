@@ -53,7 +53,8 @@ class Arena {
 
 namespace {
 
-// The unrolled executor's schedule (make_plan's part): tasks per lane in one topological order.
+// The unrolled executor's schedule (make_plan's part): the lanes, and for a wavefront the tasks per
+// lane in one topological order.
 void schedule(Plan& p) {
   const int64_t L = p.desc.num_layers, D = p.desc.directions(), T = p.T;
   // Unidirectional stacks run as a wavefront of chunks (layer l's chunk k beside layer l+1's chunk
@@ -65,6 +66,7 @@ void schedule(Plan& p) {
   p.unroll_chunk = chunk;
   const int64_t parallel = wave ? L : D;
   p.num_lanes = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(parallel, lane_count())));
+  if (!wave) return;  // whole-layer phases, lane = direction (unrolled_executor.cpp): no task list
   p.fwd_tasks.assign(p.num_lanes, {});
   p.bwd_tasks.assign(p.num_lanes, {});
   struct Keyed { int64_t key0, key1; Task task; };
@@ -79,7 +81,7 @@ void schedule(Plan& p) {
         f.t1 = std::min(T, f.t0 + chunk);
         f.index = k;
         if (l > 0) {
-          for (int d2 = 0; d2 < D; ++d2) f.deps.push_back({(l - 1) * D + d2, wave ? k + 1 : K});
+          for (int d2 = 0; d2 < D; ++d2) f.deps.push_back({(l - 1) * D + d2, k + 1});
         }
         fwd.push_back({l + k, l * D + dir, f});
         // backward: chunks in reverse; the layer above must have produced this chunk's gradient
@@ -89,7 +91,7 @@ void schedule(Plan& p) {
         b.t0 = kb * chunk;
         b.t1 = std::min(T, b.t0 + chunk);
         if (l < L - 1) {
-          for (int d2 = 0; d2 < D; ++d2) b.deps.push_back({(l + 1) * D + d2, wave ? k + 1 : K});
+          for (int d2 = 0; d2 < D; ++d2) b.deps.push_back({(l + 1) * D + d2, k + 1});
         }
         bwd.push_back({(L - 1 - l) + k, (L - 1 - l) * D + dir, b});
       }
@@ -100,9 +102,7 @@ void schedule(Plan& p) {
   };
   std::stable_sort(fwd.begin(), fwd.end(), by_key);
   std::stable_sort(bwd.begin(), bwd.end(), by_key);
-  auto lane_of = [&](const Task& t) {
-    return static_cast<int>((wave ? t.layer : t.dir) % p.num_lanes);
-  };
+  auto lane_of = [&](const Task& t) { return static_cast<int>(t.layer % p.num_lanes); };
   for (auto& k : fwd) p.fwd_tasks[lane_of(k.task)].push_back(k.task);
   for (auto& k : bwd) p.bwd_tasks[lane_of(k.task)].push_back(k.task);
 }
@@ -145,7 +145,7 @@ Plan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
   p.executor = executor;
   p.kernels = cpu::select_cell_kernels(cpu::cell_kind(desc));
 
-  if (!lengths.empty() || (N == 0 && false)) {
+  if (!lengths.empty()) {
     FUSEDRNN_CHECK(static_cast<int64_t>(lengths.size()) == N, ValueError,
                    "lengths: expected shape (", N, ",) (one per sample), got ", lengths.size(),
                    " values");

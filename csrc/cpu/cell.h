@@ -127,6 +127,9 @@ CellKind cell_kind(const RnnDesc& desc);
 // Chooses the instruction set once per process (AVX2+FMA when the CPU has it).
 const CellKernels* select_cell_kernels(CellKind kind);
 const char* simd_level();
+// Whether the AVX2+FMA code paths are used (the CPU has them, the build has them, and
+// FUSEDRNN_FORCE_BASELINE is not set); decided once per process.
+bool use_avx2();
 
 // Per-ISA tables, defined in cell_avx2.cpp and cell_generic.cpp.
 const CellKernels* cell_kernels_avx2(CellKind kind);

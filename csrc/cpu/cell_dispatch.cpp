@@ -8,7 +8,6 @@
 #include "cell.h"
 
 namespace fusedrnn::cpu {
-namespace {
 bool use_avx2() {
 #if defined(FUSEDRNN_HAVE_AVX2_TU)
   static const bool ok = [] {
@@ -22,7 +21,6 @@ bool use_avx2() {
   return false;
 #endif
 }
-}  // namespace
 
 CellKind cell_kind(const RnnDesc& desc) {
   switch (desc.mode) {

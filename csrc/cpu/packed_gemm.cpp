@@ -2,8 +2,7 @@
 // file builds with the baseline flags and they run only where the CPU has AVX2 and FMA.
 #include "packed_gemm.h"
 
-#include <cstdlib>
-#include <cstring>
+#include "cell.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -138,15 +137,7 @@ FUSEDRNN_TARGET void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, 
 
 }  // namespace
 
-bool packed_gemm_available() {
-  static const bool ok = [] {
-    const char* force = std::getenv("FUSEDRNN_FORCE_BASELINE");
-    if (force && std::strcmp(force, "") != 0 && std::strcmp(force, "0") != 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-}
+bool packed_gemm_available() { return use_avx2(); }
 
 void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* packed,
                  bool accumulate, float* C, int64_t ldc) {

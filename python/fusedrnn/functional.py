@@ -186,7 +186,7 @@ def _cached_plan(args: tuple, options: tuple, profile: Optional[tuple]):
 
 def _plan(*args, lengths=None, **options):
     """The core's plan for these arguments, from the plan cache."""
-    profile = None if lengths is None else tuple(sorted(int(v) for v in lengths))
+    profile = None if lengths is None else tuple(np.sort(lengths).tolist())
     return _cached_plan(args, tuple(sorted(options.items())), profile)
 
 

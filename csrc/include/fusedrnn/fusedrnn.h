@@ -220,8 +220,10 @@ struct Plan {
   };
   std::vector<Lane> lanes;
 
-  // The unrolled executor's schedule: tasks per lane, each lane's list in one global topological
-  // order (so lanes never wait on each other in a cycle); forward and backward-data.
+  // The unrolled executor's schedule: its lanes and, for a unidirectional stack (the wavefront),
+  // the tasks per lane, each lane's list in one global topological order (so lanes never wait on
+  // each other in a cycle), forward and backward-data. Other networks run whole-layer phases with
+  // lane = direction and no task list.
   int num_lanes = 1;
   int64_t unroll_chunk = 0;  // steps per task
   std::vector<std::vector<Task>> fwd_tasks, bwd_tasks;
