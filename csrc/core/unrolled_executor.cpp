@@ -97,29 +97,19 @@ struct BackwardOp {
 // Whole-layer backward phase: lane i runs its directions of the layer, then, once every direction
 // is done, the layer's input gradient for its share of the time steps (all directions, in order).
 template <typename T>
-struct BackwardLayer {
-  const Plan& p;
-  BackwardData<T>& b;
-  int64_t layer = 0;
-};
-
-template <typename T>
 void backward_layer_lane(void* ctx, int lane) {
-  auto* r = static_cast<BackwardLayer<T>*>(ctx);
+  auto* r = static_cast<Run<BackwardOp<T>>*>(ctx);
   const Plan& p = r->p;
   const int64_t l = r->layer, D = p.desc.directions(), n = p.num_lanes;
   std::atomic<int64_t>* done = lanes::done();
   for (int dir = lane; dir < D; dir += n) {
-    const int li = static_cast<int>(p.reserve_index(l, dir));
-    r->b.begin(l, dir, li);
-    r->b.chunk(l, dir, li, 0, p.T);
-    r->b.end(l, dir, li);
-    done[li].fetch_add(1, std::memory_order_release);
+    r->op.stream(l, dir);
+    done[p.reserve_index(l, dir)].fetch_add(1, std::memory_order_release);
   }
   for (int dir = 0; dir < D; ++dir) lanes::wait_for(done[p.reserve_index(l, dir)], 1);
   const int64_t t0 = p.T * lane / n, t1 = p.T * (lane + 1) / n;
   for (int dir = 0; dir < D; ++dir)
-    r->b.input_grad(l, dir, static_cast<int>(p.reserve_index(l, dir)), t0, t1);
+    r->op.b.input_grad(l, dir, static_cast<int>(p.reserve_index(l, dir)), t0, t1);
 }
 
 // Weight gradients: lane i takes the streams s with s % lanes == i (each writes its own pieces).
@@ -134,7 +124,8 @@ void weights_lane(void* ctx, int lane) {
     }
 }
 
-bool wavefront(const Plan& p) { return p.desc.directions() == 1 && p.desc.num_layers >= 2; }
+// The plan has task lists exactly for the wavefront (make_plan's schedule()).
+bool wavefront(const Plan& p) { return !p.fwd_tasks.empty(); }
 
 int64_t tasks_per_stream(const Plan& p) {
   return p.T == 0 ? 0 : (p.T + p.unroll_chunk - 1) / p.unroll_chunk;
@@ -168,10 +159,9 @@ void backward_data(const Plan& p, const BackwardDataArgs& a) {
   if (wavefront(p)) {
     lanes::run(p.num_lanes, streams, &task_lane<BackwardOp<T>>, &run);
   } else {
-    BackwardLayer<T> layer{p, b};
     for (int64_t l = p.desc.num_layers - 1; l >= 0; --l) {
-      layer.layer = l;
-      lanes::run(p.num_lanes, streams, &backward_layer_lane<T>, &layer);
+      run.layer = l;
+      lanes::run(p.num_lanes, streams, &backward_layer_lane<T>, &run);
     }
   }
   b.finish();
