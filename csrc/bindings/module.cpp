@@ -12,10 +12,12 @@
 #include <vector>
 
 #include "../cpu/cell.h"
+#include "desc.h"
 #include "fusedrnn/fusedrnn.h"
 
 namespace py = pybind11;
 using namespace fusedrnn;
+using bindings::make_desc;
 
 namespace {
 
@@ -186,36 +188,6 @@ std::vector<int64_t> cell_shape(const Plan& p) {
   return {p.desc.num_layers * p.desc.directions(), p.N, p.desc.hidden_size};
 }
 
-RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hidden_size,
-                  int64_t num_layers, bool bidirectional, const std::string& dtype,
-                  const py::object& activation = py::none(),
-                  const std::string& recurrent_activation = "sigmoid", bool reset_after = true,
-                  bool zero_masked_output = false, double dropout = 0.0,
-                  double recurrent_dropout = 0.0, double zoneout_outputs = 0.0,
-                  double zoneout_states = 0.0, bool residual = false, int64_t proj_size = 0,
-                  bool dropout_per_gate = false) {
-  RnnDesc d;
-  d.mode = parse_mode(mode);
-  d.input_size = input_size;
-  d.hidden_size = hidden_size;
-  d.num_layers = num_layers;
-  d.bidirectional = bidirectional;
-  d.dtype = parse_dtype(dtype);
-  d.activation = activation.is_none() ? default_activation(d.mode)
-                                      : parse_activation(py::cast<std::string>(activation));
-  d.recurrent_activation = parse_activation(recurrent_activation);
-  d.reset_after = reset_after;
-  d.zero_masked_output = zero_masked_output;
-  d.dropout = dropout;
-  d.recurrent_dropout = recurrent_dropout;
-  d.zoneout_outputs = zoneout_outputs;
-  d.zoneout_states = zoneout_states;
-  d.residual = residual;
-  d.proj_size = proj_size;
-  d.dropout_per_gate = dropout_per_gate;
-  validate(d);
-  return d;
-}
 
 }  // namespace
 

@@ -58,20 +58,24 @@ class Stack:
 
     def flatten(self, module: torch.nn.Module) -> None:
         """Moves the module's parameters (their values kept) into one buffer in the flat layout;
-        the parameters stay the same Parameter objects. CPU float32/float64 only, else a no-op."""
+        the parameters stay the same Parameter objects. float32/float64 on one CPU or CUDA
+        device, else a no-op."""
         params = self.params(module)
-        dtype = params[0].dtype
-        if (any(p.device.type != "cpu" or p.dtype != dtype for p in params)
-                or dtype not in (torch.float32, torch.float64)):
+        dtype, device = params[0].dtype, params[0].device
+        if (any(p.device != device or p.dtype != dtype for p in params)
+                or dtype not in (torch.float32, torch.float64)
+                or device.type not in ("cpu", "cuda")):
             self._buffer = self._buffer_np = None
             return
-        buffer = torch.zeros(self.size, dtype=dtype)  # bias=False: the bias pieces stay zero
+        # bias=False: the bias pieces stay zero
+        buffer = torch.zeros(self.size, dtype=dtype, device=device)
         with torch.no_grad():
             for (offset, size, shape), p in zip(self.slices, params):
                 view = buffer[offset : offset + size].view(shape)
                 view.copy_(p)
                 p.data = view
-        self._buffer, self._buffer_np = buffer, buffer.numpy()
+        self._buffer = buffer
+        self._buffer_np = buffer.numpy() if device.type == "cpu" else None
 
     def _aliased(self, params: Sequence[torch.Tensor]) -> bool:
         """Whether every parameter still is its piece of the buffer."""
@@ -91,9 +95,23 @@ class Stack:
                 flat[offset : offset + size] = p.detach().reshape(-1).numpy()
         return flat
 
+    def flat_tensor(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The flat vector of ``params`` as a tensor on their device (the CUDA path): the
+        parameters' own buffer, or a new copy."""
+        if self._aliased(params):
+            return self._buffer
+        flat = params[0].new_zeros(self.size)
+        with torch.no_grad():
+            for (offset, size, _), p in zip(self.slices, params):
+                flat[offset : offset + size] = p.detach().reshape(-1)
+        return flat
+
     def split(self, dw: np.ndarray, wanted: Sequence[bool]) -> list[Optional[torch.Tensor]]:
         """Per-parameter gradients as views into ``dw`` (as cuDNN's backward returns them)."""
-        flat = torch.from_numpy(dw)
+        return self.split_tensor(torch.from_numpy(dw), wanted)
+
+    def split_tensor(self, flat: torch.Tensor,
+                     wanted: Sequence[bool]) -> list[Optional[torch.Tensor]]:
         return [flat[o : o + n].view(shape) if want else None
                 for (o, n, shape), want in zip(self.slices, wanted)]
 
@@ -159,6 +177,10 @@ def run(module: torch.nn.Module, stack: Stack, x: torch.Tensor, h0: Optional[tor
         c0: Optional[torch.Tensor], batch_first: bool, lengths: Optional[np.ndarray]):
     """(y, hN, cN) of one core call; through autograd when a gradient can be asked for, else the
     core's inference path (no reserve kept). cN is None unless LSTM."""
+    if x.is_cuda:
+        from . import _cuda  # noqa: PLC0415 - the CUDA path loads fusedrnn._cuda on first use
+
+        return _cuda.run(module, stack, x, h0, c0, batch_first, lengths)
     call = _Call(stack, batch_first, lengths)
     params = stack.params(module)
     if torch.is_grad_enabled() and any(

@@ -49,11 +49,11 @@ def _torch_name(layer: int, direction: int, kind: str, part: str, cell: bool = F
 # Input checks: every message names the argument, the expected and the received value
 
 
-def _check_tensor(name: str, t, dtype: torch.dtype) -> torch.Tensor:
+def _check_tensor(name: str, t, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: expected a CPU tensor (fusedrnn.torch runs on the CPU), got "
+    if t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (the parameters' device), got "
                          f"device {t.device}")
     if t.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the parameters' dtype), got {t.dtype}; "
@@ -66,12 +66,16 @@ def _check_shape(name: str, t: torch.Tensor, expected: tuple, what: str) -> None
         raise ValueError(f"{name}: expected shape {tuple(expected)} {what}, got {tuple(t.shape)}")
 
 
-def _param_dtype(module: nn.Module) -> torch.dtype:
-    dtype = next(module.parameters()).dtype
+def _param_dtype(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The parameters' dtype and device, checked."""
+    first = next(module.parameters())
+    dtype, device = first.dtype, first.device
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"parameters: fusedrnn.torch computes in float32 or float64, got {dtype}; "
                         "convert the module with .float() or .double()")
-    return dtype
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"parameters: fusedrnn.torch runs on CPU or CUDA devices, got {device}")
+    return dtype, device
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,10 +96,12 @@ def _pad_packed(seq: PackedSequence) -> _Padded:
     t_idx = torch.repeat_interleave(torch.arange(T), batch_sizes)
     starts = torch.cumsum(batch_sizes, 0) - batch_sizes  # first packed row of each step
     b_idx = torch.arange(len(t_idx)) - starts[t_idx]  # position in the (sorted) batch
-    n_idx = b_idx if seq.sorted_indices is None else seq.sorted_indices[b_idx]
-    x = seq.data.new_zeros((T, N) + tuple(seq.data.shape[1:])).index_put((t_idx, n_idx), seq.data)
+    n_idx = b_idx if seq.sorted_indices is None else seq.sorted_indices.cpu()[b_idx]
     lengths = np.bincount(n_idx.numpy(), minlength=N).astype(np.int64)
-    return _Padded(x, lengths, (t_idx, n_idx))
+    dev = seq.data.device
+    rows = (t_idx.to(dev), n_idx.to(dev))
+    x = seq.data.new_zeros((T, N) + tuple(seq.data.shape[1:])).index_put(rows, seq.data)
+    return _Padded(x, lengths, rows)
 
 
 def _pack_like(y: torch.Tensor, padded: _Padded, seq: PackedSequence) -> PackedSequence:
@@ -259,7 +265,8 @@ class _RNNBase(_FlatModule):
         if p == 1.0:
             return torch.zeros_like(like)
         noise = torch.empty(like.shape, dtype=like.dtype)
-        return noise.bernoulli_(1.0 - p, generator=self._generator).div_(1.0 - p)
+        noise = noise.bernoulli_(1.0 - p, generator=self._generator).div_(1.0 - p)
+        return noise.to(like.device)  # drawn on the CPU: the same masks on every device
 
     # ----------------------------------------------------------------- core calls
 
@@ -297,21 +304,21 @@ class _RNNBase(_FlatModule):
 
     def forward(self, input, hx=None):
         """(output, h_n), or (output, (h_n, c_n)) for LSTM, as torch.nn."""
-        dtype = _param_dtype(self)
+        dtype, device = _param_dtype(self)
         lstm = self.mode == "LSTM"
         D = 2 if self.bidirectional else 1
         h_out = self.proj_size if self.proj_size > 0 else self.hidden_size
 
         packed = isinstance(input, PackedSequence)
         if packed:
-            data = _check_tensor("input", input.data, dtype)
+            data = _check_tensor("input", input.data, dtype, device)
             if data.dim() != 2:
                 raise ValueError(f"input: expected PackedSequence data of 2 dimensions "
                                  f"(sum of lengths, input_size), got shape {tuple(data.shape)}")
             padded = _pad_packed(input)
             x, lengths, batch_first, batched = padded.x, padded.lengths, False, True
         else:
-            x = _check_tensor("input", input, dtype)
+            x = _check_tensor("input", input, dtype, device)
             if x.dim() not in (2, 3):
                 layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
                 raise ValueError(f"input: expected a 3-D tensor {layout} or a 2-D unbatched "
@@ -336,7 +343,7 @@ class _RNNBase(_FlatModule):
             states = [("hx[0]" if lstm else "hx", h0, h_out)] + ([("hx[1]", c0, self.hidden_size)]
                                                                  if lstm else [])
             for name, t, width in states:
-                t = _check_tensor(name, t, dtype)
+                t = _check_tensor(name, t, dtype, device)
                 if batched:
                     _check_shape(name, t, (self.num_layers * D, N, width),
                                  "(num_layers * num_directions, batch, hidden)")
@@ -440,8 +447,8 @@ class _CellBase(_FlatModule):
 
     def _step(self, input, hx, cx=None):
         """(h', c') of one step; hx/cx are the checked states or None."""
-        dtype = _param_dtype(self)
-        x = _check_tensor("input", input, dtype)
+        dtype, device = _param_dtype(self)
+        x = _check_tensor("input", input, dtype, device)
         if x.dim() not in (1, 2):
             raise ValueError(f"input: expected a 2-D tensor (batch, input_size) or a 1-D unbatched "
                              f"tensor (input_size,), got shape {tuple(x.shape)}")
@@ -456,7 +463,7 @@ class _CellBase(_FlatModule):
         states = [("hx[0]" if lstm else "hx", hx)] + ([("hx[1]", cx)] if lstm else [])
         for name, t in states:
             if t is not None:
-                _check_tensor(name, t, dtype)
+                _check_tensor(name, t, dtype, device)
                 want = (N, self.hidden_size) if batched else (self.hidden_size,)
                 _check_shape(name, t, want, "(batch, hidden_size)" if batched
                              else "(hidden_size,) for unbatched input")
