@@ -208,8 +208,8 @@ def test_gru_reset_before_matches_cpu(bi):
 def test_persistent_runs_where_auto_picks_it():
     p = ext.Plan("lstm", 256, 256, 1, False, "float32", 10, 4, False)
     assert p.algo == "persistent" and p.persistent_blocks > 0
-    assert ext.Plan("lstm", 256, 256, 1, False, "float32", 10, 64, False).algo == "persistent"
-    assert ext.Plan("lstm", 256, 256, 1, False, "float32", 10, 65, False).algo == "step"
+    assert ext.Plan("lstm", 256, 256, 1, False, "float32", 10, 128, False).algo == "persistent"
+    assert ext.Plan("lstm", 256, 256, 1, False, "float32", 10, 129, False).algo == "step"
     assert ext.Plan("lstm", 8, 8, 1, False, "float64", 10, 4, False).algo == "step"
     with pytest.raises(ValueError, match="algo"):
         ext.Plan("gru", 8, 8, 1, False, "float32", 3, 2, False, reset_after=False,

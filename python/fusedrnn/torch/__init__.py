@@ -1,11 +1,15 @@
 """fusedrnn.torch: drop-in replacements for torch.nn.LSTM / GRU / RNN and their cells, on the fused
-CPU core, trainable with autograd (and DistributedDataParallel).
+core (CPU, and CUDA tensors where fusedrnn was built with its CUDA backend), trainable with autograd
+(and DistributedDataParallel).
 
 Replace ``torch.nn.LSTM`` with ``fusedrnn.torch.LSTM`` and change nothing else: same constructor
 arguments, parameter names and shapes (state dicts load both ways), initialisation, forward
 arguments and results, PackedSequence and unbatched input. Differences:
 
-- CPU tensors, float32 or float64 only; LSTM ``proj_size > 0`` runs in the fused core.
+- float32 or float64 only; LSTM ``proj_size > 0`` runs in the fused core on the CPU. On CUDA
+  tensors (see fusedrnn/torch/_cuda.py): work runs on the current stream; float32 GEMMs use TF32
+  when ``torch.backends.cudnn.allow_tf32`` is True, as torch.nn's cuDNN call does; inter-layer
+  dropout works (masks drawn on the CPU, then moved); ``proj_size > 0`` raises ValueError there.
 - Dropout between layers draws its masks from the module's own generator (the ``seed`` attribute;
   default ``torch.initial_seed()``), not from torch's global random stream.
 - Threads: fusedrnn's BLAS calls use ``torch.get_num_threads()`` threads by default, so
