@@ -30,15 +30,7 @@ void* ptr(uintptr_t v) { return reinterpret_cast<void*>(v); }
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "fusedrnn CUDA backend (see fusedrnn.cuda for the checked Python API)";
 
-  py::register_exception_translator([](std::exception_ptr e) {
-    try {
-      if (e) std::rethrow_exception(e);
-    } catch (const fusedrnn::TypeError& err) {
-      PyErr_SetString(PyExc_TypeError, err.what());
-    } catch (const fusedrnn::ValueError& err) {
-      PyErr_SetString(PyExc_ValueError, err.what());
-    }
-  });
+  bindings::register_exceptions();
 
   m.def("available", [] {
     std::string why;

@@ -1,9 +1,10 @@
-// bindings/desc.h: the RnnDesc both extension modules (fusedrnn._C, fusedrnn._cuda) build from
-// Python arguments, with the core's validation.
+// bindings/desc.h: what both extension modules (fusedrnn._C, fusedrnn._cuda) share: the RnnDesc
+// built from Python arguments (with the core's validation) and the exception translation.
 #pragma once
 
 #include <pybind11/pybind11.h>
 
+#include <exception>
 #include <string>
 
 #include "fusedrnn/fusedrnn.h"
@@ -40,6 +41,19 @@ inline RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hi
   d.dropout_per_gate = dropout_per_gate;
   validate(d);
   return d;
+}
+
+// fusedrnn::ValueError / TypeError as Python's ValueError / TypeError (each module registers it).
+inline void register_exceptions() {
+  pybind11::register_exception_translator([](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const fusedrnn::TypeError& err) {
+      PyErr_SetString(PyExc_TypeError, err.what());
+    } catch (const fusedrnn::ValueError& err) {
+      PyErr_SetString(PyExc_ValueError, err.what());
+    }
+  });
 }
 
 }  // namespace bindings

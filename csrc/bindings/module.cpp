@@ -194,15 +194,7 @@ std::vector<int64_t> cell_shape(const Plan& p) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fusedrnn core: fused LSTM/GRU/RNN kernels (see fusedrnn for the Python API)";
 
-  py::register_exception_translator([](std::exception_ptr e) {
-    try {
-      if (e) std::rethrow_exception(e);
-    } catch (const fusedrnn::TypeError& err) {
-      PyErr_SetString(PyExc_TypeError, err.what());
-    } catch (const fusedrnn::ValueError& err) {
-      PyErr_SetString(PyExc_ValueError, err.what());
-    }
-  });
+  bindings::register_exceptions();
 
   py::class_<Plan>(m, "Plan")
       .def(py::init([](const std::string& mode, int64_t input_size, int64_t hidden_size,

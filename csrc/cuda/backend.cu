@@ -121,33 +121,13 @@ int as_int(int64_t v, const char* what) {
 }  // namespace
 
 template <typename S>
-void gemm_nt(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda, const S* B,
-             int64_t ldb, S* C, int64_t ldc, S beta) {
+void gemm(const Ctx& c, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+          const S* B, int64_t ldb, S* C, int64_t ldc, S beta) {
   if (m == 0 || n == 0 || k == 0) return;
   const S one = 1;
-  FUSEDRNN_CUBLAS_CHECK(gemm_raw(c.blas, CUBLAS_OP_T, CUBLAS_OP_N, as_int(n, "gemm n"),
-                                 as_int(m, "gemm m"), as_int(k, "gemm k"), &one, B,
-                                 as_int(ldb, "ldb"), A, as_int(lda, "lda"), &beta, C,
-                                 as_int(ldc, "ldc")));
-}
-
-template <typename S>
-void gemm_nn(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda, const S* B,
-             int64_t ldb, S* C, int64_t ldc, S beta) {
-  if (m == 0 || n == 0 || k == 0) return;
-  const S one = 1;
-  FUSEDRNN_CUBLAS_CHECK(gemm_raw(c.blas, CUBLAS_OP_N, CUBLAS_OP_N, as_int(n, "gemm n"),
-                                 as_int(m, "gemm m"), as_int(k, "gemm k"), &one, B,
-                                 as_int(ldb, "ldb"), A, as_int(lda, "lda"), &beta, C,
-                                 as_int(ldc, "ldc")));
-}
-
-template <typename S>
-void gemm_tn(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda, const S* B,
-             int64_t ldb, S* C, int64_t ldc, S beta) {
-  if (m == 0 || n == 0 || k == 0) return;
-  const S one = 1;
-  FUSEDRNN_CUBLAS_CHECK(gemm_raw(c.blas, CUBLAS_OP_N, CUBLAS_OP_T, as_int(n, "gemm n"),
+  // Column-major cuBLAS sees each row-major matrix transposed: C^T = op(B)^T op(A)^T.
+  FUSEDRNN_CUBLAS_CHECK(gemm_raw(c.blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                 ta ? CUBLAS_OP_T : CUBLAS_OP_N, as_int(n, "gemm n"),
                                  as_int(m, "gemm m"), as_int(k, "gemm k"), &one, B,
                                  as_int(ldb, "ldb"), A, as_int(lda, "lda"), &beta, C,
                                  as_int(ldc, "ldc")));
@@ -163,12 +143,8 @@ void colsum_add(const Ctx& c, int64_t rows, int64_t n, const S* A, int64_t lda, 
 }
 
 #define FUSEDRNN_INSTANTIATE_BLAS(S)                                                            \
-  template void gemm_nt<S>(const Ctx&, int64_t, int64_t, int64_t, const S*, int64_t, const S*, \
-                           int64_t, S*, int64_t, S);                                            \
-  template void gemm_nn<S>(const Ctx&, int64_t, int64_t, int64_t, const S*, int64_t, const S*, \
-                           int64_t, S*, int64_t, S);                                            \
-  template void gemm_tn<S>(const Ctx&, int64_t, int64_t, int64_t, const S*, int64_t, const S*, \
-                           int64_t, S*, int64_t, S);                                            \
+  template void gemm<S>(const Ctx&, bool, bool, int64_t, int64_t, int64_t, const S*, int64_t,  \
+                        const S*, int64_t, S*, int64_t, S);                                     \
   template void colsum_add<S>(const Ctx&, int64_t, int64_t, const S*, int64_t, const S*, S*);
 FUSEDRNN_INSTANTIATE_BLAS(float)
 FUSEDRNN_INSTANTIATE_BLAS(double)
@@ -510,6 +486,14 @@ void launch_bwd(const Ctx& c, const BwdStep<S>& a) {
   FUSEDRNN_LAUNCH_CHECK();
 }
 
+// The persistent kernels read the steps' row offsets from the workspace (plans with lengths).
+void upload_offsets(const CudaPlan& p, void* workspace, const Ctx& c) {
+  if (p.lengths.empty() || p.T == 0) return;
+  FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(at<int64_t>(workspace, p.ws.offsets), p.offsets.data(),
+                                      (p.T + 1) * sizeof(int64_t), cudaMemcpyHostToDevice,
+                                      c.stream));
+}
+
 // ---- drivers ----------------------------------------------------------------------------------------
 
 template <typename S>
@@ -524,10 +508,7 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
   S* h = at<S>(args.workspace, p.ws.hcur);
   S* cst = at<S>(args.workspace, p.ws.ccur);
   S* gh = at<S>(args.workspace, p.ws.gh);
-  if (p.algo == Algo::kPersistent && !p.lengths.empty() && T > 0)
-    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(at<int64_t>(args.workspace, p.ws.offsets),
-                                        p.offsets.data(), (T + 1) * sizeof(int64_t),
-                                        cudaMemcpyHostToDevice, c.stream));
+  if (p.algo == Algo::kPersistent) upload_offsets(p, args.workspace, c);
 
   for (int64_t l = 0; l < L; ++l) {
     const int64_t cin = desc.layer_input_size(l);
@@ -633,10 +614,7 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
   S* dh = at<S>(args.workspace, p.ws.hcur);
   S* dc = at<S>(args.workspace, p.ws.ccur);
   const bool persistent = p.algo == Algo::kPersistent && p.pb_nch > 0;
-  if (persistent && !p.lengths.empty())
-    FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(at<int64_t>(args.workspace, p.ws.offsets),
-                                        p.offsets.data(), (T + 1) * sizeof(int64_t),
-                                        cudaMemcpyHostToDevice, c.stream));
+  if (persistent) upload_offsets(p, args.workspace, c);
 
   for (int64_t l = L - 1; l >= 0; --l) {
     const int64_t cin = desc.layer_input_size(l);

@@ -83,19 +83,27 @@ struct Ctx {
 };
 Ctx make_ctx(int device, void* stream, bool tf32);
 
-// Row-major GEMMs (cuBLAS is column-major: a row-major matrix is its transpose there).
-//   nt: C[m,n] = alpha A[m,k] B[n,k]^T + beta C     nn: C[m,n] = alpha A[m,k] B[k,n] + beta C
-//   tn: C[m,n] = alpha A[k,m]^T B[k,n] + beta C
-// Zero sizes are no-ops (beta applies only when k > 0; callers never rely on beta with k == 0).
+// Row-major GEMM: C[m,n] = op(A) op(B) + beta C with op(A) (m, k) and op(B) (k, n); ta / tb: A is
+// stored (k, m) / B is stored (n, k). Zero sizes are no-ops (callers never rely on beta with k == 0).
 template <typename S>
-void gemm_nt(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda, const S* B,
-             int64_t ldb, S* C, int64_t ldc, S beta);
+void gemm(const Ctx& c, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+          const S* B, int64_t ldb, S* C, int64_t ldc, S beta);
+//   nt: C = A B^T (B stored (n, k), as W_ih / W_hh are)   nn: C = A B   tn: C = A^T B
 template <typename S>
-void gemm_nn(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda, const S* B,
-             int64_t ldb, S* C, int64_t ldc, S beta);
+inline void gemm_nt(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+                    const S* B, int64_t ldb, S* C, int64_t ldc, S beta) {
+  gemm<S>(c, false, true, m, n, k, A, lda, B, ldb, C, ldc, beta);
+}
 template <typename S>
-void gemm_tn(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda, const S* B,
-             int64_t ldb, S* C, int64_t ldc, S beta);
+inline void gemm_nn(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+                    const S* B, int64_t ldb, S* C, int64_t ldc, S beta) {
+  gemm<S>(c, false, false, m, n, k, A, lda, B, ldb, C, ldc, beta);
+}
+template <typename S>
+inline void gemm_tn(const Ctx& c, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+                    const S* B, int64_t ldb, S* C, int64_t ldc, S beta) {
+  gemm<S>(c, true, false, m, n, k, A, lda, B, ldb, C, ldc, beta);
+}
 // y[n] += sum over rows of A[rows, n] (lda): the bias gradients, as a GEMV with a ones column.
 template <typename S>
 void colsum_add(const Ctx& c, int64_t rows, int64_t n, const S* A, int64_t lda, const S* ones,

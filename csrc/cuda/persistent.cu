@@ -90,6 +90,18 @@ __device__ __forceinline__ void stage_rows(float* dst, int ld, const float* src,
   }
 }
 
+// Every lane's acc becomes the sum over the warp; the A*B butterflies interleaved, so their
+// shuffle latencies overlap.
+template <int A, int B>
+__device__ __forceinline__ void warp_allreduce(float (&acc)[A][B]) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+    for (int a = 0; a < A; ++a)
+#pragma unroll
+      for (int b = 0; b < B; ++b) acc[a][b] += __shfl_xor_sync(0xffffffffu, acc[a][b], off);
+}
+
 template <int RPW, int KCH>
 __global__ void __launch_bounds__(kBlockThreads, 1) persistent_kernel(PK a) {
   static_assert(KCH % 4 == 0, "KCH must be a multiple of 4");
@@ -180,12 +192,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) persistent_kernel(PK a) {
           }
         }
       }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-        for (int m = 0; m < NB; ++m)
-#pragma unroll
-          for (int r = 0; r < RPW; ++r) acc[m][r] += __shfl_xor_sync(0xffffffffu, acc[m][r], off);
+      warp_allreduce(acc);
       if (lane == 0)
 #pragma unroll
         for (int m = 0; m < NB; ++m)
@@ -387,12 +394,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) persistent_bwd_kernel(PB a) 
             for (int u = 0; u < UM; ++u) acc[m][u] = fmaf(w[i][u], d, acc[m][u]);
           }
         }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-          for (int m = 0; m < NB; ++m)
-#pragma unroll
-            for (int u = 0; u < UM; ++u) acc[m][u] += __shfl_xor_sync(0xffffffffu, acc[m][u], off);
+        warp_allreduce(acc);
         if (lane == 0)
 #pragma unroll
           for (int m = 0; m < NB; ++m)

@@ -64,13 +64,13 @@ struct CudaPlan {
   int pb_rs = 0, pb_um = 0, pb_nch = 0;
   std::size_t pb_smem = 0;
 
-  // Element offsets (of desc.dtype) into the reserve: per layer the output (rows, D*H); per
+  // Byte offsets (256-byte aligned) into the reserve: per layer the output (rows, D*H); per
   // (layer, dir) stream the saved gates (rows, gate_slots*H), LSTM cell states and previous cell
   // states (rows, H), the previous hidden states (rows, H), the gate gradients (rows, gate_slots*H).
   struct ReserveMap {
     std::vector<int64_t> out, gates, cell, cprev, hprev, grads;
   } reserve;
-  // Element offsets into the workspace.
+  // Byte offsets into the workspace (-1: not used by this plan).
   struct WorkspaceMap {
     int64_t gx = -1;                // inference: input projection (rows, G*H)
     int64_t gh = -1;                // one step's recurrent projection (N, G*H)
