@@ -51,11 +51,13 @@ def _rank_rows(T, lengths):
 
 
 def cuda_run(mode, x, w, h0, c0, dy, dhN, dcN, *, H, L=1, bidirectional=False, lengths=None,
-             activation=None, recurrent_activation="sigmoid", reset_after=True, algo="step"):
+             activation=None, recurrent_activation="sigmoid", reset_after=True, algo="step",
+             proj_size=0):
     """forward(training) + backward_data + backward_weights through fusedrnn._cuda on padded
     (T, N, C) NumPy data; returns NumPy results in the caller's sample order, padding zero."""
     T, N, C = x.shape
     D = 2 if bidirectional else 1
+    S = proj_size or H
     dt = torch.float32 if x.dtype == np.float32 else torch.float64
     if lengths is None:
         t_idx = np.repeat(np.arange(T), N)
@@ -67,14 +69,15 @@ def cuda_run(mode, x, w, h0, c0, dy, dhN, dcN, *, H, L=1, bidirectional=False, l
         srt = sorted(lengths.tolist(), reverse=True)
     p = ext.Plan(mode, C, H, L, bidirectional, "float32" if dt == torch.float32 else "float64",
                  T, N, True, srt, activation=activation,
-                 recurrent_activation=recurrent_activation, reset_after=reset_after, algo=algo)
+                 recurrent_activation=recurrent_activation, reset_after=reset_after, algo=algo,
+                 proj_size=proj_size)
     g = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(DEV)  # noqa: E731
     nan = lambda shape: torch.full(shape, float("nan"), dtype=dt, device=DEV)  # noqa: E731
     xr = g(x[t_idx, n_idx])
     wt = g(w)
     st = lambda a: None if a is None else g(a[:, order])  # noqa: E731
-    y = nan((p.rows, D * H))
-    hN, cN = nan((L * D, N, H)), nan((L * D, N, H))
+    y = nan((p.rows, D * S))
+    hN, cN = nan((L * D, N, S)), nan((L * D, N, H))
     ws = torch.empty(p.workspace_bytes, dtype=torch.uint8, device=DEV).fill_(0xFF)
     rs = torch.empty(max(p.reserve_bytes, 1), dtype=torch.uint8, device=DEV).fill_(0xFF)
     P = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
@@ -84,7 +87,7 @@ def cuda_run(mode, x, w, h0, c0, dy, dhN, dcN, *, H, L=1, bidirectional=False, l
                 P(ws), P(rs), stream)
     dyr = g(dy[t_idx, n_idx])
     dhNt, dcNt = st(dhN), st(dcN if mode == "lstm" else None)
-    dx, dh0, dc0 = nan((p.rows, C)), nan((L * D, N, H)), nan((L * D, N, H))
+    dx, dh0, dc0 = nan((p.rows, C)), nan((L * D, N, S)), nan((L * D, N, H))
     ext.backward_data(p, P(dyr), P(dhNt), P(dcNt if mode == "lstm" else None), P(wt), P(dx),
                       P(dh0), P(dc0 if mode == "lstm" else None), P(ws), P(rs), stream)
     dw = torch.zeros(w.size, dtype=dt, device=DEV)
@@ -97,7 +100,7 @@ def cuda_run(mode, x, w, h0, c0, dy, dhN, dcN, *, H, L=1, bidirectional=False, l
         out[t_idx, n_idx] = rows.cpu().numpy()
         return out
 
-    res = dict(y=pad(y, D * H), hN=hN.cpu().numpy()[:, inv], dx=pad(dx, C),
+    res = dict(y=pad(y, D * S), hN=hN.cpu().numpy()[:, inv], dx=pad(dx, C),
                dh0=dh0.cpu().numpy()[:, inv], dw=dw.cpu().numpy())
     if mode == "lstm":
         res.update(cN=cN.cpu().numpy()[:, inv], dc0=dc0.cpu().numpy()[:, inv])
@@ -105,11 +108,12 @@ def cuda_run(mode, x, w, h0, c0, dy, dhN, dcN, *, H, L=1, bidirectional=False, l
 
 
 def cpu_run(mode, x, w, h0, c0, dy, dhN, dcN, *, H, L=1, bidirectional=False, lengths=None,
-            activation=None, recurrent_activation="sigmoid", reset_after=True):
+            activation=None, recurrent_activation="sigmoid", reset_after=True, proj_size=0):
     c0 = c0 if mode == "lstm" else None
     r = fusedrnn.forward(x, w, mode=mode, hidden_size=H, num_layers=L, bidirectional=bidirectional,
                          h0=h0, c0=c0, training=True, lengths=lengths, activation=activation,
-                         recurrent_activation=recurrent_activation, reset_after=reset_after)
+                         recurrent_activation=recurrent_activation, reset_after=reset_after,
+                         proj_size=proj_size)
     b = fusedrnn.backward(r.ctx, dy=dy, dhN=dhN, dcN=dcN if mode == "lstm" else None)
     res = dict(y=r.y, hN=r.hN, dx=b.dx, dh0=b.dh0, dw=b.dw)
     if mode == "lstm":
@@ -205,6 +209,27 @@ def test_gru_reset_before_matches_cpu(bi):
     assert_close(cuda_run("gru", *args, **kw), cpu_run("gru", *args, **kw), 1e-10, "reset_before")
 
 
+@pytest.mark.parametrize("bi", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_projection_matches_cpu(bi, with_lengths):
+    T, N, C, H, P, L = 6, 5, 4, 9, 3, 2
+    D = 2 if bi else 1
+    lengths = np.array([6, 2, 5, 0, 6], dtype=np.int64) if with_lengths else None
+    rng = rng_for("proj", bi, with_lengths)
+    x = rng.standard_normal((T, N, C))
+    w = rng.standard_normal(fusedrnn.param_size("lstm", C, H, L, bi, P)) * 0.4
+    h0, c0 = rng.standard_normal((L * D, N, P)), rng.standard_normal((L * D, N, H))
+    dy = rng.standard_normal((T, N, D * P))
+    if lengths is not None:
+        dy = dy * (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
+    dhN, dcN = rng.standard_normal((L * D, N, P)), rng.standard_normal((L * D, N, H))
+    args = (x, w, h0, c0, dy, dhN, dcN)
+    kw = dict(H=H, L=L, bidirectional=bi, lengths=lengths, proj_size=P)
+    assert_close(cuda_run("lstm", *args, **kw), cpu_run("lstm", *args, **kw), 1e-10, "proj")
+    got32 = cuda_run("lstm", *[a.astype(np.float32) for a in args], **kw)
+    assert_close(got32, cpu_run("lstm", *args, **kw), 2e-5, "proj float32")
+
+
 def test_persistent_runs_where_auto_picks_it():
     p = ext.Plan("lstm", 256, 256, 1, False, "float32", 10, 4, False)
     assert p.algo == "persistent" and p.persistent_blocks > 0
@@ -214,6 +239,7 @@ def test_persistent_runs_where_auto_picks_it():
     with pytest.raises(ValueError, match="algo"):
         ext.Plan("gru", 8, 8, 1, False, "float32", 3, 2, False, reset_after=False,
                  algo="persistent")
+    assert ext.Plan("lstm", 8, 8, 1, False, "float32", 3, 2, False, proj_size=4).algo == "step"
 
 
 def test_unsupported_options_are_refused():
@@ -271,6 +297,25 @@ def test_torch_module_matches_cudnn(mode, bi, algo):
     assert _rel(y1, y2) < 1e-5 and _rel(h1, h2) < 1e-5 and _rel(dx1, dx2) < 1e-4
     for n in g2:
         assert _rel(g1[n], g2[n]) < 1e-4, n
+
+
+def test_torch_lstm_projection_matches_cudnn():
+    torch.manual_seed(3)
+    ours = ft.LSTM(6, 12, num_layers=2, proj_size=5, bidirectional=True).to(DEV)
+    theirs = torch.nn.LSTM(6, 12, num_layers=2, proj_size=5, bidirectional=True)
+    theirs.load_state_dict(ours.state_dict())
+    theirs = theirs.to(DEV)
+    x = torch.randn(7, 4, 6, device=DEV)
+    outs = []
+    for m in (ours, theirs):
+        xi = x.clone().requires_grad_(True)
+        y, (h, c) = m(xi)
+        (y.square().sum() + h.sum() + c.sum()).backward()
+        outs.append((y.detach(), h.detach(), c.detach(), xi.grad, _grads(m)))
+    for a, b in zip(outs[0][:4], outs[1][:4]):
+        assert _rel(a, b) < 1e-4
+    for n in outs[1][4]:
+        assert _rel(outs[0][4][n], outs[1][4][n]) < 1e-4, n
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])

@@ -44,9 +44,11 @@ PYBIND11_MODULE(_cuda, m) {
                        int64_t num_layers, bool bidirectional, const std::string& dtype, int64_t T,
                        int64_t N, bool training, const py::object& lengths,
                        const py::object& activation, const std::string& recurrent_activation,
-                       bool reset_after, int device, const std::string& algo, bool tf32) {
+                       bool reset_after, int device, const std::string& algo, bool tf32,
+                       int64_t proj_size) {
              RnnDesc d = make_desc(mode, input_size, hidden_size, num_layers, bidirectional,
-                                   dtype, activation, recurrent_activation, reset_after);
+                                   dtype, activation, recurrent_activation, reset_after, false,
+                                   0.0, 0.0, 0.0, 0.0, false, proj_size);
              std::vector<int64_t> lens;
              if (!lengths.is_none()) lens = py::cast<std::vector<int64_t>>(lengths);
              // Planning is host work of microseconds: it keeps the GIL, and its errors leave as
@@ -66,7 +68,7 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("training") = false, py::arg("lengths") = py::none(),
            py::arg("activation") = py::none(), py::arg("recurrent_activation") = "sigmoid",
            py::arg("reset_after") = true, py::arg("device") = 0, py::arg("algo") = "auto",
-           py::arg("tf32") = false)
+           py::arg("tf32") = false, py::arg("proj_size") = 0)
       .def_readonly("T", &cuda::CudaPlan::T)
       .def_readonly("N", &cuda::CudaPlan::N)
       .def_readonly("training", &cuda::CudaPlan::training)

@@ -185,9 +185,6 @@ struct Layout {
 CudaPlan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
                    const std::vector<int64_t>& lengths, int device, Algo algo, bool tf32) {
   validate(desc);
-  FUSEDRNN_CHECK(desc.proj_size == 0, ValueError,
-                 "proj_size: the CUDA backend has no projection yet (CPU only), got ",
-                 desc.proj_size);
   FUSEDRNN_CHECK(!desc.residual, ValueError, "residual: CPU only for now");
   FUSEDRNN_CHECK(!desc.zoneout(), ValueError, "zoneout: CPU only for now");
   FUSEDRNN_CHECK(desc.dropout == 0.0 && desc.recurrent_dropout == 0.0, ValueError,
@@ -231,7 +228,8 @@ CudaPlan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
   const int64_t GS = p.gate_slots;
 
   p.algo = Algo::kStep;
-  if (algo != Algo::kStep && desc.dtype == DType::kFloat32 && !desc.gru_reset_before()) {
+  if (algo != Algo::kStep && desc.dtype == DType::kFloat32 && !desc.gru_reset_before() &&
+      desc.proj_size == 0) {
     const bool fits = persistent_geometry(p);
     if (algo == Algo::kPersistent) {
       FUSEDRNN_CHECK(fits, ValueError,
@@ -247,18 +245,21 @@ CudaPlan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
     }
   } else if (algo == Algo::kPersistent) {
     throw ValueError(
-        "algo: 'persistent' runs float32 networks other than the reset-before GRU; use 'step'");
+        "algo: 'persistent' runs float32 networks other than the reset-before GRU and the "
+        "projected LSTM; use 'step'");
   }
 
+  const int64_t SW = desc.state_size(), P = desc.proj_size;
   Layout ws, rs;
   p.ws.gh = ws.take(N * G * H * es);
-  p.ws.hcur = ws.take(N * H * es);
+  p.ws.hcur = ws.take(N * std::max(H, SW) * es);
   p.ws.ccur = ws.take(N * H * es);
   if (desc.gru_reset_before()) p.ws.rh = ws.take(N * H * es);
+  if (P > 0) p.ws.hraw = ws.take(N * H * es);
   if (!training) p.ws.gx = ws.take(p.rows * G * H * es);
   if (L > 1) {
-    p.ws.inter[0] = ws.take(p.rows * D * H * es);
-    p.ws.inter[1] = ws.take(p.rows * D * H * es);
+    p.ws.inter[0] = ws.take(p.rows * D * SW * es);
+    p.ws.inter[1] = ws.take(p.rows * D * SW * es);
   }
   if (training) p.ws.ones = ws.take(std::max<int64_t>(p.rows, 1) * es);
   if (p.algo == Algo::kPersistent) {
@@ -269,13 +270,15 @@ CudaPlan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
 
   if (training) {
     for (int64_t l = 0; l < L; ++l) {
-      p.reserve.out.push_back(rs.take(p.rows * D * H * es));
+      p.reserve.out.push_back(rs.take(p.rows * D * SW * es));
       for (int d = 0; d < D; ++d) {
         p.reserve.gates.push_back(rs.take(p.rows * GS * H * es));
         p.reserve.cell.push_back(desc.mode == Mode::kLstm ? rs.take(p.rows * H * es) : -1);
         p.reserve.cprev.push_back(desc.mode == Mode::kLstm ? rs.take(p.rows * H * es) : -1);
-        p.reserve.hprev.push_back(rs.take(p.rows * H * es));
+        p.reserve.hprev.push_back(rs.take(p.rows * SW * es));
         p.reserve.grads.push_back(rs.take(p.rows * GS * H * es));
+        p.reserve.hraw.push_back(P > 0 ? rs.take(p.rows * H * es) : -1);
+        p.reserve.dproj.push_back(P > 0 ? rs.take(p.rows * P * es) : -1);
       }
     }
     p.reserve_bytes = rs.bytes;
@@ -300,6 +303,7 @@ struct FwdStep {
   S* h;               // running state (N, H)
   S* c;
   S* rh;              // GRU reset-before: r*h out of the first kernel
+  S* hraw;            // LSTM projection: o*act(c) goes here (N, H), not to h / y / hprev
   S* y;               // the step's first output row, column offset applied
   int64_t ldy;
   S* gates;           // reserve rows (null in inference)
@@ -317,7 +321,7 @@ __global__ void fwd_step_kernel(FwdStep<S> a) {
   const int H = a.H;
   const S* gx = a.gx + n * a.ldgx;
   const S* gh = a.gh + int64_t(n) * (M == 0 ? 4 : M == 1 || M == 2 ? 3 : 1) * H;
-  const S hp = a.h[int64_t(n) * H + j];
+  const S hp = a.hraw ? S(0) : a.h[int64_t(n) * H + j];  // projected h is P wide: unread
   S* grow = a.gates ? a.gates + int64_t(n) * a.gs * H : nullptr;
   S hn;
   if (M == 0) {  // LSTM
@@ -353,9 +357,21 @@ __global__ void fwd_step_kernel(FwdStep<S> a) {
     hn = act_f(a.act, gx[j] + gh[j] + a.bih[j] + a.bhh[j]);
     if (grow) grow[j] = hn;
   }
+  if (a.hraw) {  // the projection GEMM makes h, y (and the caller copies h_{t-1})
+    a.hraw[int64_t(n) * H + j] = hn;
+    return;
+  }
   if (grow) a.hprev[int64_t(n) * H + j] = hp;
   a.h[int64_t(n) * H + j] = hn;
   a.y[n * a.ldy + j] = hn;
+}
+
+// dst[n, k] += src[n * ld + k] for n < b, k < w: the output gradient into the projected dh.
+template <typename S>
+__global__ void add_rows_kernel(S* dst, const S* src, int64_t ld, int b, int w) {
+  const int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (idx >= int64_t(b) * w) return;
+  dst[idx] += src[(idx / w) * ld + idx % w];
 }
 
 // GRU reset-before, first half of a step: r*h for the n-gate's recurrent product.
@@ -501,7 +517,7 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
   const RnnDesc& desc = p.desc;
   const int64_t H = desc.hidden_size, G = num_gates(desc.mode), L = desc.num_layers, T = p.T;
   const int D = desc.directions();
-  const int64_t GS = p.gate_slots, N = p.N;
+  const int64_t GS = p.gate_slots, N = p.N, SW = desc.state_size(), P = desc.proj_size;
   const int M = mode_code(desc);
   const std::size_t es = sizeof(S);
   const S* w = static_cast<const S*>(args.w);
@@ -518,14 +534,15 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
     S* out = p.training ? at<S>(args.reserve, p.reserve.out[l])
                         : (l == L - 1 ? static_cast<S*>(args.y)
                                       : at<S>(args.workspace, p.ws.inter[l % 2]));
+    const int64_t ldo = D * SW;
     for (int d = 0; d < D; ++d) {
       const int64_t s = p.stream_index(l, d);
       const LayerParams o = layer_param_offsets(desc, l, d);
       S* gx = p.training ? at<S>(args.reserve, p.reserve.gates[s]) : at<S>(args.workspace, p.ws.gx);
       const int64_t ldgx = p.training ? GS * H : G * H;
-      gemm_nt<S>(c, p.rows, G * H, cin, X, l == 0 ? cin : D * H, w + o.w_ih, cin, gx, ldgx, S(0));
-      copy_or_zero(c, h, args.hx ? static_cast<const S*>(args.hx) + s * N * H : nullptr,
-                   N * H * es);
+      gemm_nt<S>(c, p.rows, G * H, cin, X, cin, w + o.w_ih, cin, gx, ldgx, S(0));
+      copy_or_zero(c, h, args.hx ? static_cast<const S*>(args.hx) + s * N * SW : nullptr,
+                   N * SW * es);
       if (desc.mode == Mode::kLstm)
         copy_or_zero(c, cst, args.cx ? static_cast<const S*>(args.cx) + s * N * H : nullptr,
                      N * H * es);
@@ -534,6 +551,9 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
       S* cell = p.training && p.reserve.cell[s] >= 0 ? at<S>(args.reserve, p.reserve.cell[s]) : nullptr;
       S* cprev = p.training && p.reserve.cprev[s] >= 0 ? at<S>(args.reserve, p.reserve.cprev[s]) : nullptr;
       S* hprev = p.training ? at<S>(args.reserve, p.reserve.hprev[s]) : nullptr;
+      S* hraw = P == 0 ? nullptr
+                       : (p.training ? at<S>(args.reserve, p.reserve.hraw[s])
+                                     : at<S>(args.workspace, p.ws.hraw));
 
       if (p.algo == Algo::kPersistent) {
         PersistentArgs pa{};
@@ -545,7 +565,7 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
         pa.h = h;
         pa.c = cst;
         pa.y = out + d * H;
-        pa.ldy = D * H;
+        pa.ldy = ldo;
         pa.reverse = d == 1;
         pa.gates = gates;
         pa.cell = cell;
@@ -570,8 +590,8 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
           a.bhh = w + o.b_hh;
           a.h = h;
           a.c = cst;
-          a.y = out + r0 * D * H + d * H;
-          a.ldy = D * H;
+          a.y = out + r0 * ldo + d * SW;
+          a.ldy = ldo;
           a.gates = gates ? gates + r0 * GS * H : nullptr;
           a.cell = cell ? cell + r0 * H : nullptr;
           a.cprev = cprev ? cprev + r0 * H : nullptr;
@@ -586,6 +606,20 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
             FUSEDRNN_LAUNCH_CHECK();
             gemm_nt<S>(c, b, H, H, rh, H, w + o.w_hh + 2 * H * H, H, gh + 2 * H, 3 * H, S(0));
             launch_fwd<S, 2>(c, a);
+          } else if (P > 0) {
+            // LSTMP: the cell writes o*act(c) to hraw; h_t = hraw W_hr^T goes to the output rows
+            // and then to the running state (after h_{t-1} was kept for backward_weights).
+            S* hraw_t = p.training ? hraw + r0 * H : hraw;
+            S* yrow = a.y;
+            a.hraw = hraw_t;
+            if (hprev)
+              FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(hprev + r0 * SW, h, b * SW * es,
+                                                  cudaMemcpyDeviceToDevice, c.stream));
+            gemm_nt<S>(c, b, G * H, SW, h, SW, w + o.w_hh, SW, gh, G * H, S(0));
+            launch_fwd<S, 0>(c, a);
+            gemm_nt<S>(c, b, P, H, hraw_t, H, w + o.w_hr, H, yrow, ldo, S(0));
+            FUSEDRNN_CUDA_CHECK(cudaMemcpy2DAsync(h, SW * es, yrow, ldo * es, SW * es, b,
+                                                  cudaMemcpyDeviceToDevice, c.stream));
           } else {
             gemm_nt<S>(c, b, G * H, H, h, H, w + o.w_hh, H, gh, G * H, S(0));
             if (M == 0) launch_fwd<S, 0>(c, a);
@@ -594,11 +628,11 @@ void forward_impl(const CudaPlan& p, const ForwardArgs& args, const Ctx& c) {
           }
         }
       }
-      copy_out(c, args.hy ? static_cast<S*>(args.hy) + s * N * H : nullptr, h, N * H * es);
+      copy_out(c, args.hy ? static_cast<S*>(args.hy) + s * N * SW : nullptr, h, N * SW * es);
       if (desc.mode == Mode::kLstm)
         copy_out(c, args.cy ? static_cast<S*>(args.cy) + s * N * H : nullptr, cst, N * H * es);
     }
-    if (p.training && l == L - 1) copy_out(c, args.y, out, p.rows * D * H * es);
+    if (p.training && l == L - 1) copy_out(c, args.y, out, p.rows * ldo * es);
   }
 }
 
@@ -607,7 +641,7 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
   const RnnDesc& desc = p.desc;
   const int64_t H = desc.hidden_size, G = num_gates(desc.mode), L = desc.num_layers, T = p.T;
   const int D = desc.directions();
-  const int64_t GS = p.gate_slots, N = p.N;
+  const int64_t GS = p.gate_slots, N = p.N, SW = desc.state_size(), P = desc.proj_size;
   const int M = mode_code(desc);
   const std::size_t es = sizeof(S);
   const S* w = static_cast<const S*>(args.w);
@@ -621,6 +655,7 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
     const S* dY = l == L - 1 ? static_cast<const S*>(args.dy)
                              : at<S>(args.workspace, p.ws.inter[l % 2]);
     S* dX = l == 0 ? static_cast<S*>(args.dx) : at<S>(args.workspace, p.ws.inter[(l - 1) % 2]);
+    const int64_t ldo = D * SW;
     for (int d = 0; d < D; ++d) {
       const int64_t s = p.stream_index(l, d);
       const LayerParams o = layer_param_offsets(desc, l, d);
@@ -629,8 +664,9 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
       const S* cell = p.reserve.cell[s] >= 0 ? at<S>(args.reserve, p.reserve.cell[s]) : nullptr;
       const S* cprev = p.reserve.cprev[s] >= 0 ? at<S>(args.reserve, p.reserve.cprev[s]) : nullptr;
       const S* hprev = at<S>(args.reserve, p.reserve.hprev[s]);
-      copy_or_zero(c, dh, args.dhy ? static_cast<const S*>(args.dhy) + s * N * H : nullptr,
-                   N * H * es);
+      copy_or_zero(c, dh, args.dhy ? static_cast<const S*>(args.dhy) + s * N * SW : nullptr,
+                   N * SW * es);
+      S* dproj = P > 0 ? at<S>(args.reserve, p.reserve.dproj[s]) : nullptr;
       if (desc.mode == Mode::kLstm)
         copy_or_zero(c, dc, args.dcy ? static_cast<const S*>(args.dcy) + s * N * H : nullptr,
                      N * H * es);
@@ -638,7 +674,7 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
         PersistentBwdArgs pa{};
         pa.w_hh = w + o.w_hh;
         pa.dy = dY ? dY + d * H : nullptr;
-        pa.lddy = D * H;
+        pa.lddy = ldo;
         pa.dh = dh;
         pa.dc = dc;
         pa.gates = gates;
@@ -659,8 +695,8 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
         a.b = static_cast<int>(b);
         a.H = static_cast<int>(H);
         a.gs = static_cast<int>(GS);
-        a.dy = dY ? dY + r0 * D * H + d * H : nullptr;
-        a.lddy = D * H;
+        a.dy = dY ? dY + r0 * ldo + d * SW : nullptr;
+        a.lddy = ldo;
         a.dh = dh;
         a.dc = dc;
         a.gates = gates + r0 * GS * H;
@@ -670,7 +706,23 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
         a.grads = grads + r0 * GS * H;
         a.act = static_cast<int>(desc.activation);
         a.ract = static_cast<int>(desc.recurrent_activation);
-        if (M == 0) {
+        if (M == 0 && P > 0) {
+          // LSTMP: dh (P wide) takes the output gradient, is kept for dW_hr, and becomes the
+          // cell's d(o*act(c)) through W_hr; then dh_{t-1} = dG W_hh (W_hh is (4H, P)).
+          if (a.dy) {
+            add_rows_kernel<S><<<blocks_for(b * SW, kThreads), kThreads, 0, c.stream>>>(
+                dh, a.dy, ldo, static_cast<int>(b), static_cast<int>(SW));
+            FUSEDRNN_LAUNCH_CHECK();
+          }
+          FUSEDRNN_CUDA_CHECK(cudaMemcpyAsync(dproj + r0 * P, dh, b * P * es,
+                                              cudaMemcpyDeviceToDevice, c.stream));
+          S* dhraw = at<S>(args.workspace, p.ws.hraw);
+          gemm_nn<S>(c, b, H, P, dh, SW, w + o.w_hr, H, dhraw, H, S(0));
+          a.dh = dhraw;
+          a.dy = nullptr;
+          launch_bwd<S, 0>(c, a);
+          gemm_nn<S>(c, b, SW, 4 * H, a.grads, GS * H, w + o.w_hh, SW, dh, SW, S(0));
+        } else if (M == 0) {
           launch_bwd<S, 0>(c, a);
           gemm_nn<S>(c, b, H, 4 * H, a.grads, GS * H, w + o.w_hh, H, dh, H, S(0));
         } else if (M == 1) {
@@ -690,7 +742,7 @@ void backward_data_impl(const CudaPlan& p, const BackwardDataArgs& args, const C
           gemm_nn<S>(c, b, H, H, a.grads, GS * H, w + o.w_hh, H, dh, H, S(0));
         }
       }
-      copy_out(c, args.dhx ? static_cast<S*>(args.dhx) + s * N * H : nullptr, dh, N * H * es);
+      copy_out(c, args.dhx ? static_cast<S*>(args.dhx) + s * N * SW : nullptr, dh, N * SW * es);
       if (desc.mode == Mode::kLstm)
         copy_out(c, args.dcx ? static_cast<S*>(args.dcx) + s * N * H : nullptr, dc, N * H * es);
       // The layer input's gradient: both directions add into it.
@@ -722,7 +774,7 @@ void backward_weights_impl(const CudaPlan& p, const BackwardWeightsArgs& args, c
   for (int64_t l = 0; l < L; ++l) {
     const int64_t cin = desc.layer_input_size(l);
     const S* X = l == 0 ? static_cast<const S*>(args.x) : at<S>(args.reserve, p.reserve.out[l - 1]);
-    const int64_t ldx = l == 0 ? cin : D * H;
+    const int64_t ldx = cin, SW = desc.state_size(), P = desc.proj_size;
     for (int d = 0; d < D; ++d) {
       const int64_t s = p.stream_index(l, d);
       const LayerParams o = layer_param_offsets(desc, l, d);
@@ -744,8 +796,11 @@ void backward_weights_impl(const CudaPlan& p, const BackwardWeightsArgs& args, c
           gemm_tn<S>(c, H, H, R, grads + 2 * H, ld, gates + 3 * H, ld, dw + o.w_hh + 2 * H * H, H,
                      S(1));
         } else {
-          gemm_tn<S>(c, G * H, H, R, grads, ld, hprev, H, dw + o.w_hh, H, S(1));
+          gemm_tn<S>(c, G * H, SW, R, grads, ld, hprev, SW, dw + o.w_hh, SW, S(1));
         }
+        if (P > 0)  // dW_hr += dh^T (o*act(c))
+          gemm_tn<S>(c, P, H, R, at<S>(args.reserve, p.reserve.dproj[s]), P,
+                     at<S>(args.reserve, p.reserve.hraw[s]), H, dw + o.w_hr, H, S(1));
         colsum_add<S>(c, R, G * H, grads, ld, ones, dw + o.b_ih);
         colsum_add<S>(c, R, G * H, grads, ld, ones, dw + o.b_hh);
       }
@@ -773,10 +828,11 @@ void forward(const CudaPlan& p, const ForwardArgs& args) {
   if (p.T == 0 || p.N == 0) {
     // No steps: the final states are the initial ones.
     Ctx c = make_ctx(p.device, args.stream, p.tf32);
-    const std::size_t bytes = p.desc.num_layers * p.desc.directions() * p.N *
-                              p.desc.hidden_size * dtype_size(p.desc.dtype);
-    if (args.hy) copy_or_zero(c, args.hy, args.hx, bytes);
-    if (args.cy && p.desc.mode == Mode::kLstm) copy_or_zero(c, args.cy, args.cx, bytes);
+    const std::size_t rows = p.desc.num_layers * p.desc.directions() * p.N;
+    const std::size_t es = dtype_size(p.desc.dtype);
+    if (args.hy) copy_or_zero(c, args.hy, args.hx, rows * p.desc.state_size() * es);
+    if (args.cy && p.desc.mode == Mode::kLstm)
+      copy_or_zero(c, args.cy, args.cx, rows * p.desc.hidden_size * es);
     return;
   }
   Ctx c = make_ctx(p.device, args.stream, p.tf32);
@@ -788,10 +844,11 @@ void backward_data(const CudaPlan& p, const BackwardDataArgs& args) {
   FUSEDRNN_CHECK(p.training, ValueError, "plan: backward needs a plan made with training=True");
   Ctx c = make_ctx(p.device, args.stream, p.tf32);
   if (p.T == 0 || p.N == 0) {
-    const std::size_t bytes = p.desc.num_layers * p.desc.directions() * p.N *
-                              p.desc.hidden_size * dtype_size(p.desc.dtype);
-    if (args.dhx) copy_or_zero(c, args.dhx, args.dhy, bytes);
-    if (args.dcx && p.desc.mode == Mode::kLstm) copy_or_zero(c, args.dcx, args.dcy, bytes);
+    const std::size_t rows = p.desc.num_layers * p.desc.directions() * p.N;
+    const std::size_t es = dtype_size(p.desc.dtype);
+    if (args.dhx) copy_or_zero(c, args.dhx, args.dhy, rows * p.desc.state_size() * es);
+    if (args.dcx && p.desc.mode == Mode::kLstm)
+      copy_or_zero(c, args.dcx, args.dcy, rows * p.desc.hidden_size * es);
     return;
   }
   with_dtype(p.desc.dtype, [&](auto s) { backward_data_impl<decltype(s)>(p, args, c); });

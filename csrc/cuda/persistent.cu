@@ -458,7 +458,8 @@ bool persistent_geometry(CudaPlan& p) {
   const RnnDesc& d = p.desc;
   const int64_t H = d.hidden_size, N = p.N;
   const int G = num_gates(d.mode);
-  if (d.dtype != DType::kFloat32 || d.gru_reset_before() || H > 1024 || N < 1) return false;
+  if (d.dtype != DType::kFloat32 || d.gru_reset_before() || d.proj_size > 0 || H > 1024 || N < 1)
+    return false;
   int kch = 4;
   while (kch * 32 < H) kch *= 2;
   cudaDeviceProp prop{};

@@ -24,6 +24,7 @@ class Plan:
         device: int = 0,
         algo: str = "auto",
         tf32: bool = False,
+        proj_size: int = 0,
     ) -> None: ...
     T: int
     N: int

@@ -2,10 +2,10 @@
 // docs/architecture.md, "CUDA backend").
 //
 // Data are device pointers in the flat parameter layout of fusedrnn.h and dense row-major rows:
-//   x (rows, C), y (rows, D*H), dx, dy likewise; rows = T*N time-major (row t*N + n), or, for a plan
+//   x (rows, C), y (rows, D*S), dx, dy likewise (S: desc.state_size(), H or proj_size); rows = T*N time-major (row t*N + n), or, for a plan
 //   made with lengths, PyTorch's PackedSequence order (step t's rows are the batch[t] longest samples
 //   in rank order, starting at row offsets[t]);
-//   states hx, cx, hy, cy, dhy, dcy, dhx, dcx: (L*D, N, H) contiguous, samples in the same order as
+//   states hx, hy, dhy, dhx: (L*D, N, S) and cx, cy, dcy, dcx: (L*D, N, H) contiguous, samples in the same order as
 //   the rows (rank order with lengths: the caller applies PackedSequence.sorted_indices).
 // Work runs on the given stream (cudaStream_t as void*; null is the legacy default stream) of the
 // given device; a call never synchronises the device or the stream. Nothing is allocated by a call:
@@ -13,9 +13,10 @@
 // forward to the backward calls (backward_data writes gate gradients into the reserve, which
 // backward_weights reads; dw is accumulated into, +=).
 //
-// Coverage: modes lstm, gru (reset after or before), rnn_tanh, rnn_relu; every activation; layers,
-// bidirectional, lengths; float32 and float64. Projection, masks, dropout, zoneout and residual are
-// CPU-only for now: make_plan rejects them with a ValueError naming the option.
+// Coverage: modes lstm (with projection: states and outputs P = proj_size wide, c H wide), gru
+// (reset after or before), rnn_tanh, rnn_relu; every activation; layers, bidirectional, lengths;
+// float32 and float64. Masks, dropout, zoneout and residual are CPU-only for now: make_plan
+// rejects them with a ValueError naming the option.
 #pragma once
 
 #include <cstddef>
@@ -69,6 +70,7 @@ struct CudaPlan {
   // states (rows, H), the previous hidden states (rows, H), the gate gradients (rows, gate_slots*H).
   struct ReserveMap {
     std::vector<int64_t> out, gates, cell, cprev, hprev, grads;
+    std::vector<int64_t> hraw, dproj;  // projection: o*act(c) (rows, H) and dh (rows, P)
   } reserve;
   // Byte offsets into the workspace (-1: not used by this plan).
   struct WorkspaceMap {
@@ -76,6 +78,7 @@ struct CudaPlan {
     int64_t gh = -1;                // one step's recurrent projection (N, G*H)
     int64_t hcur = -1, ccur = -1;   // running state (N, H); backward: running dh, dc
     int64_t rh = -1;                // GRU reset-before: r*h, or d(r*h) (N, H)
+    int64_t hraw = -1;              // projection: one step's o*act(c), or its gradient (N, H)
     int64_t inter[2] = {-1, -1};    // inter-layer outputs (inference) / gradients (backward) (rows, D*H)
     int64_t ones = -1;              // backward_weights: a column of ones (rows)
     int64_t hbuf = -1;              // persistent: double-buffered h (2, N, H)

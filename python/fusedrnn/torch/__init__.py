@@ -9,7 +9,7 @@ arguments and results, PackedSequence and unbatched input. Differences:
 - float32 or float64 only; LSTM ``proj_size > 0`` runs in the fused core on the CPU. On CUDA
   tensors (see fusedrnn/torch/_cuda.py): work runs on the current stream; float32 GEMMs use TF32
   when ``torch.backends.cudnn.allow_tf32`` is True, as torch.nn's cuDNN call does; inter-layer
-  dropout works (masks drawn on the CPU, then moved); ``proj_size > 0`` raises ValueError there.
+  dropout masks are drawn on the CPU, then moved; ``proj_size > 0`` runs there too.
 - Dropout between layers draws its masks from the module's own generator (the ``seed`` attribute;
   default ``torch.initial_seed()``), not from torch's global random stream.
 - Threads: fusedrnn's BLAS calls use ``torch.get_num_threads()`` threads by default, so

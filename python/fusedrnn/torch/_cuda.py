@@ -51,10 +51,10 @@ def backend():
 
 def plan(mode: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,
          dtype: torch.dtype, T: int, N: int, training: bool, lengths, device: int,
-         algo: str = "auto", tf32: bool = False):
+         algo: str = "auto", tf32: bool = False, proj_size: int = 0):
     """A cached fusedrnn._cuda.Plan (LRU of 128); ``lengths`` sorted descending or None."""
     key = (mode, input_size, hidden_size, num_layers, bidirectional, dtype, T, N, training,
-           None if lengths is None else tuple(lengths), device, algo, tf32)
+           None if lengths is None else tuple(lengths), device, algo, tf32, proj_size)
     with _PLANS_LOCK:
         p = _PLANS.get(key)
         if p is not None:
@@ -63,7 +63,7 @@ def plan(mode: str, input_size: int, hidden_size: int, num_layers: int, bidirect
     p = backend().Plan(mode, input_size, hidden_size, num_layers, bidirectional,
                        "float32" if dtype == torch.float32 else "float64", T, N, training,
                        None if lengths is None else list(lengths), device=device, algo=algo,
-                       tf32=tf32)
+                       tf32=tf32, proj_size=proj_size)
     with _PLANS_LOCK:
         _PLANS[key] = p
         while len(_PLANS) > _PLAN_CACHE_SIZE:
@@ -99,17 +99,19 @@ class _Core:
         # (torch.backends.cudnn.allow_tf32, True by default).
         tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32
         return plan(s.mode, s.input_size, s.hidden_size, s.num_layers, s.bidirectional, dtype,
-                    self.T, self.N, training, self.lengths, self.device.index or 0, ALGO, tf32)
+                    self.T, self.N, training, self.lengths, self.device.index or 0, ALGO, tf32,
+                    s.proj_size)
 
     def forward(self, x, flat, h0, c0, training: bool):
         """(y, hN, cN, plan, reserve) with x (rows, C) contiguous, states (L*D, N, H) rank order."""
         s = self.stack
         p = self.plan(x.dtype, training)
         D = 2 if s.bidirectional else 1
-        shape = (s.num_layers * D, self.N, s.hidden_size)
-        y = torch.empty((p.rows, D * s.hidden_size), dtype=x.dtype, device=x.device)
-        hN = torch.empty(shape, dtype=x.dtype, device=x.device)
-        cN = torch.empty(shape, dtype=x.dtype, device=x.device) if s.mode == "lstm" else None
+        S = s.proj_size or s.hidden_size  # h's width
+        y = torch.empty((p.rows, D * S), dtype=x.dtype, device=x.device)
+        hN = torch.empty((s.num_layers * D, self.N, S), dtype=x.dtype, device=x.device)
+        cN = (torch.empty((s.num_layers * D, self.N, s.hidden_size), dtype=x.dtype,
+                          device=x.device) if s.mode == "lstm" else None)
         ws = _scratch(p.workspace_bytes, x.device)
         reserve = _scratch(p.reserve_bytes, x.device) if training else None
         stream = torch.cuda.current_stream(x.device).cuda_stream
@@ -147,7 +149,7 @@ class FusedRNNCuda(torch.autograd.Function):
         D = 2 if s.bidirectional else 1
         shape = (s.num_layers * D, ctx.core.N, s.hidden_size)
         dx = torch.empty_like(x)
-        dh0 = torch.empty(shape, dtype=x.dtype, device=dev)
+        dh0 = torch.empty(shape[:2] + (s.proj_size or s.hidden_size,), dtype=x.dtype, device=dev)
         dc0 = torch.empty(shape, dtype=x.dtype, device=dev) if s.mode == "lstm" else None
         ws = _scratch(p.workspace_bytes, dev)
         ext = backend()
