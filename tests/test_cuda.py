@@ -387,8 +387,8 @@ def test_tf32_follows_cudnn_flag(monkeypatch):
     strict, _ = ours(x)
     torch.backends.cudnn.allow_tf32 = True
     fast, _ = ours(x)
-    plans = [k for k in _cuda._PLANS if k[6] == 20 and k[7] == 64]
-    assert {k[-1] for k in plans} == {False, True}
+    plans = [p for k, p in _cuda._PLANS.items() if k[6] == 20 and k[7] == 64]
+    assert {p.tf32 for p in plans} == {False, True}
     assert 0 < _rel(fast, strict) < 1e-2
 
 
