@@ -31,9 +31,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,16 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W7,W8",
                    help="comma-separated workload ids (default: all)")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed calls per library; the median is reported (default: 5)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed rounds before the timed ones (default: 1)")
-    p.add_argument("--threads", type=int, default=_cores(),
-                   help="threads for every library (default: all cores)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    _cli.add_common(p, "threads for every library (default: all cores)",
+                    "also write the results as JSON to PATH")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        p.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    _cli.check_common(p, args)
     return args
 
 
@@ -59,8 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # as well.
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = str(ARGS.threads)
+    _cli.set_threads(ARGS.threads)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -272,7 +264,7 @@ def environment(threads: int) -> dict:
     info = fusedrnn.build_info()
     return {
         "cpu": cpu_name(),
-        "cores": _cores(),
+        "cores": _cli.cores(),
         "threads": threads,
         "fusedrnn": info["version"],
         "simd": info["simd"],

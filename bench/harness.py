@@ -83,14 +83,11 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _cli  # noqa: E402
 
 OPTIONAL = ("onnxruntime", "keras")
 OVERHEAD_CALLS = 1000
 OVERHEAD_WARMUP = 100
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,22 +101,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--frameworks", default=",".join(OPTIONAL),
                    help="optional frameworks to try besides fusedrnn and torch "
                         f"(default: {','.join(OPTIONAL)}; '' for none)")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed calls per variant; the median is reported (default: 5)")
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed rounds before the timed ones (default: 1)")
-    p.add_argument("--threads", type=int, default=_cores(),
-                   help="threads for fusedrnn, torch and ONNX Runtime (default: all cores)")
+    _cli.add_common(p, "threads for fusedrnn, torch and ONNX Runtime (default: all cores)",
+                    "write the results as JSON to PATH")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the RSS measurement (the separate probe process)")
     p.add_argument("--no-overhead", action="store_true",
                    help="skip the per-call overhead measurement")
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     p.add_argument("--png", metavar="PATH", help="write a bar chart of the results to PATH")
     p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        p.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    _cli.check_common(p, args)
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     bad = [f for f in args.frameworks if f not in OPTIONAL]
     if bad:
@@ -132,8 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # it is imported.
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = str(ARGS.threads)
+    _cli.set_threads(ARGS.threads)
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
