@@ -368,15 +368,21 @@ def test_torch_device_mismatch_is_named():
 
 
 def test_runs_on_the_current_stream():
-    ours, _ = _pair("lstm", 8, 16, 1, False)
-    x = torch.randn(5, 2, 8, device=DEV)
-    want, _ = ours(x)
+    """The input is written on a side stream behind a long GPU sleep and the call is made under
+    that stream without any synchronisation: work queued on another stream would read the input
+    before it is written."""
+    ours, theirs = _pair("lstm", 8, 16, 1, False)
+    base = torch.randn(5, 2, 8, device=DEV)
+    want, _ = theirs(base * 2.0)
+    torch.cuda.synchronize()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
+        torch.cuda._sleep(200_000_000)  # hundreds of ms of GPU time on s
+        x = base * 2.0
         got, _ = ours(x)
     s.synchronize()
-    assert torch.equal(got, want)
+    assert _rel(got, want) < 1e-5
 
 
 def test_tf32_follows_cudnn_flag(monkeypatch):

@@ -186,7 +186,8 @@ def run(module, stack, x: torch.Tensor, h0, c0, batch_first: bool,
         sorted_lengths = lengths[order]
         batch = (sorted_lengths[None, :] > np.arange(T)[:, None]).sum(1)
         t_idx = np.repeat(np.arange(T), batch)
-        r_idx = np.concatenate([np.arange(b) for b in batch]) if T else np.zeros(0, np.int64)
+        # each packed row's rank within its step: its row index minus the step's first row
+        r_idx = np.arange(len(t_idx)) - np.repeat(np.cumsum(batch) - batch, batch)
         rows_idx = (torch.from_numpy(t_idx).to(dev), torch.from_numpy(order[r_idx]).to(dev))
         order_t = torch.from_numpy(order).to(dev)
         xin = x[rows_idx]
