@@ -549,22 +549,16 @@ static void zone_backward(const StepZone<T>& s) {
       }
     }
     if (zs) {
-      T* dh = s.dh + n * H;
-      T* sh = s.skip_h + n * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const bool keep = uniform01_key(s.key_h, i0 + j) >= s.p_state;
-        sh[j] = keep ? T(0) : dh[j];
-        dh[j] = keep ? dh[j] : T(0);
-      }
-      if (s.dc) {
-        T* dc = s.dc + n * H;
-        T* sc = s.skip_c + n * H;
+      // A zoned-out element's gradient skips the cell to the previous state; a kept one goes in.
+      auto split = [&](uint64_t key, T* d, T* skip) {
         for (int64_t j = 0; j < H; ++j) {
-          const bool keep = uniform01_key(s.key_c, i0 + j) >= s.p_state;
-          sc[j] = keep ? T(0) : dc[j];
-          dc[j] = keep ? dc[j] : T(0);
+          const bool keep = uniform01_key(key, i0 + j) >= s.p_state;
+          skip[j] = keep ? T(0) : d[j];
+          d[j] = keep ? d[j] : T(0);
         }
-      }
+      };
+      split(s.key_h, s.dh + n * H, s.skip_h + n * H);
+      if (s.dc) split(s.key_c, s.dc + n * H, s.skip_c + n * H);
     }
   });
 }

@@ -36,6 +36,24 @@ namespace {
 
 #define FUSEDRNN_TARGET __attribute__((target("avx2,fma")))
 
+// One row of a panel's result: `cols` of its 16 columns stored, or added to C with accumulate.
+FUSEDRNN_TARGET inline void store_row(float* c, __m256 lo, __m256 hi, int64_t cols,
+                                      bool accumulate) {
+  if (cols == kNr) {
+    if (accumulate) {
+      lo = _mm256_add_ps(lo, _mm256_loadu_ps(c));
+      hi = _mm256_add_ps(hi, _mm256_loadu_ps(c + 8));
+    }
+    _mm256_storeu_ps(c, lo);
+    _mm256_storeu_ps(c + 8, hi);
+  } else {
+    alignas(32) float t[kNr];
+    _mm256_store_ps(t, lo);
+    _mm256_store_ps(t + 8, hi);
+    for (int64_t j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + t[j] : t[j];
+  }
+}
+
 // Rows [0, MR) x one panel: C = A op(B) (+ C), `cols` of the panel's 16 columns stored.
 template <int MR>
 FUSEDRNN_TARGET inline void panel(const float* A, int64_t lda, const float* bp, int64_t K, float* C,
@@ -51,22 +69,7 @@ FUSEDRNN_TARGET inline void panel(const float* A, int64_t lda, const float* bp, 
       hi[r] = _mm256_fmadd_ps(a, b1, hi[r]);
     }
   }
-  for (int r = 0; r < MR; ++r) {
-    float* c = C + r * ldc;
-    if (cols == kNr) {
-      if (accumulate) {
-        lo[r] = _mm256_add_ps(lo[r], _mm256_loadu_ps(c));
-        hi[r] = _mm256_add_ps(hi[r], _mm256_loadu_ps(c + 8));
-      }
-      _mm256_storeu_ps(c, lo[r]);
-      _mm256_storeu_ps(c + 8, hi[r]);
-    } else {
-      alignas(32) float t[kNr];
-      _mm256_store_ps(t, lo[r]);
-      _mm256_store_ps(t + 8, hi[r]);
-      for (int64_t j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + t[j] : t[j];
-    }
-  }
+  for (int r = 0; r < MR; ++r) store_row(C + r * ldc, lo[r], hi[r], cols, accumulate);
 }
 
 // The 6-row case with named accumulators (12 ymm + 2 for B + 1 broadcast): arrays of __m256 in
@@ -99,16 +102,7 @@ FUSEDRNN_TARGET inline void panel6(const float* A, int64_t lda, const float* bp,
     a5h = _mm256_fmadd_ps(a, b1, a5h);
   }
   const __m256 out[12] = {a0l, a0h, a1l, a1h, a2l, a2h, a3l, a3h, a4l, a4h, a5l, a5h};
-  for (int r = 0; r < 6; ++r) {
-    float* c = C + r * ldc;
-    __m256 l = out[2 * r], h = out[2 * r + 1];
-    if (accumulate) {
-      l = _mm256_add_ps(l, _mm256_loadu_ps(c));
-      h = _mm256_add_ps(h, _mm256_loadu_ps(c + 8));
-    }
-    _mm256_storeu_ps(c, l);
-    _mm256_storeu_ps(c + 8, h);
-  }
+  for (int r = 0; r < 6; ++r) store_row(C + r * ldc, out[2 * r], out[2 * r + 1], kNr, accumulate);
 }
 
 FUSEDRNN_TARGET void gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
