@@ -79,12 +79,6 @@ def _scratch(nbytes: int, device: torch.device) -> torch.Tensor:
     return torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
 
 
-def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
-    if t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device} (the parameters' device), got "
-                         f"device {t.device}")
-
-
 class _Core:
     """One fused call's sizes and plan; rows are packed rank-order rows (rows, features)."""
 
@@ -173,12 +167,13 @@ def run(module, stack, x: torch.Tensor, h0, c0, batch_first: bool,
         x = x.transpose(0, 1)
     T, N = int(x.shape[0]), int(x.shape[1])
     dev = x.device
+    # modules.py checked the input and the states against the first parameter's device; the
+    # others must be there too (their addresses go to the kernels)
     params = stack.params(module)
-    for i, t in enumerate(params):
-        check_device(stack.names[i], t, dev)
-    for name, t in (("hx", h0), ("cx", c0)):
-        if t is not None:
-            check_device(name, t, dev)
+    for name, t in zip(stack.names, params):
+        if t.device != dev:
+            raise ValueError(f"{name}: expected a parameter on {dev} (the input's device), got "
+                             f"device {t.device}")
     rows_idx = None
     sorted_lengths = None
     if lengths is not None:
