@@ -113,7 +113,7 @@ def main(args) -> int:
         print(f"{i} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     print(f"fusedrnn {env['fusedrnn']} (simd {env['simd']}, blas {env['blas']}) vs torch "
-          f"{env['torch']} (threads {env['torch_threads']}, fusedrnn.torch BLAS threads "
+          f"{env['torch']} (threads {env['torch_threads']}, fusedrnn.torch GEMM threads "
           f"{env['fusedrnn_torch_blas_threads']}) on {env['cpu']}, {env['cores']} cores")
     print()
     cols = ["id", "workload", "fusedrnn.torch ms", "torch.nn ms", "speedup", "core ms",

@@ -6,9 +6,7 @@ torch's float64 result (conftest.assert_close), float64 within 1e-9 relative. Al
 a training run, state dicts, cells, dropout, threads, the weight cache and argument errors.
 """
 
-import ctypes
 import math
-import os
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 import fusedrnn
 import fusedrnn.torch as ft
 from conftest import F64_RTOL, assert_close, seed_of
-from fusedrnn.torch import _autograd, _threads
+from fusedrnn.torch import _autograd
 
 KINDS = {  # id -> (torch.nn class, fusedrnn.torch class, extra constructor keywords)
     "lstm": (torch.nn.LSTM, ft.LSTM, {}),
@@ -450,27 +448,24 @@ def test_dropout_mask_statistics():
 
 
 def test_blas_threads_follow_torch_unless_pinned():
-    assert _threads._SETTERS is not None  # this build links scipy-openblas32
-    lib = ctypes.CDLL(os.path.join(
-        __import__("scipy_openblas32").get_lib_dir(),
-        __import__("scipy_openblas32").get_library(fullname=True)))
-    lib.scipy_openblas_get_num_threads.restype = ctypes.c_int
+    from fusedrnn import _C
+
     m = ft.GRU(3, 4)
     x = torch.randn(2, 1, 3)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         m(x)
-        assert lib.scipy_openblas_get_num_threads() == 2 == ft.get_num_threads()
+        assert _C.get_num_threads() == 2 == ft.get_num_threads()
         torch.set_num_threads(1)
         m(x)
-        assert lib.scipy_openblas_get_num_threads() == 1
+        assert _C.get_num_threads() == 1
         ft.set_num_threads(2)
         m(x)
-        assert lib.scipy_openblas_get_num_threads() == 2 == ft.get_num_threads()
+        assert _C.get_num_threads() == 2 == ft.get_num_threads()
         ft.set_num_threads(None)
         m(x)
-        assert lib.scipy_openblas_get_num_threads() == 1 == ft.get_num_threads()
+        assert _C.get_num_threads() == 1 == ft.get_num_threads()
     finally:
         ft.set_num_threads(None)
         torch.set_num_threads(before)

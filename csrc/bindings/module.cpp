@@ -384,6 +384,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("lane_count", &lane_count,
         "Lanes the unrolled executor may use (hardware threads, or FUSEDRNN_LANES).");
 
+  m.def("get_num_threads", &num_threads,
+        "Threads fusedrnn's GEMMs are split over (OpenMP threads; OpenBLAS runs single-threaded).");
+  m.def("set_num_threads", &set_num_threads, py::arg("n"),
+        "Pins the GEMM thread count to n >= 1; 0 follows omp_get_max_threads() (the default).");
+
   m.def("build_info", [] {
     const BuildInfo b = build_info();
     py::dict d;

@@ -43,8 +43,7 @@ class Pool {
       const int lane = static_cast<int>(workers_.size()) + 1;
       workers_.push_back(new std::thread([this, lane] { work(lane); }));
     }
-    const int saved = cpu::blas_num_threads();
-    cpu::set_blas_num_threads(1);
+    const int saved = cpu::set_blas_num_threads(1);
     {
       std::lock_guard<std::mutex> g(m_);
       fn_ = fn;

@@ -9,6 +9,7 @@
 
 #include "../cpu/cell.h"
 #include "../cpu/packed_gemm.h"
+#include "../cpu/blas.h"
 #include "fusedrnn/fusedrnn.h"
 
 namespace fusedrnn {
@@ -115,6 +116,13 @@ int64_t lane_count() {
     if (v >= 1) return v;
   }
   return std::max<int64_t>(1, std::thread::hardware_concurrency());
+}
+
+int num_threads() { return cpu::blas_num_threads(); }
+
+void set_num_threads(int n) {
+  FUSEDRNN_CHECK(n >= 0, ValueError, "n: expected a thread count >= 0 (0: follow OpenMP), got ", n);
+  cpu::set_blas_num_threads(n);
 }
 
 ExecutorKind parse_executor(const std::string& name) {

@@ -15,9 +15,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 
 std::string blas_name();
 std::string blas_config();
+// The threads a GEMM is split over (OpenMP; OpenBLAS itself stays single-threaded): n >= 1 pins n,
+// 0 follows omp_get_max_threads() (the default; torch.set_num_threads sets it in a torch process).
+// Process-wide: the unrolled executor sets 1 while its lanes run concurrently and restores the
+// previous setting (returned by the setter) after.
 int blas_num_threads();
-// Process-wide (OpenBLAS has no per-thread setting): the unrolled executor sets 1 while its lanes
-// run concurrently and restores the previous value after.
-void set_blas_num_threads(int n);
+int set_blas_num_threads(int n);
 
 }  // namespace fusedrnn::cpu

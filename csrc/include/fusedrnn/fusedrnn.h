@@ -38,6 +38,11 @@ std::string executor_name(ExecutorKind kind);
 // Lanes (concurrent streams) the unrolled executor may use: the machine's hardware threads, or
 // FUSEDRNN_LANES when set.
 int64_t lane_count();
+// The threads fusedrnn's GEMMs are split over (the process's OpenMP team; OpenBLAS itself runs
+// single-threaded). set_num_threads(n >= 1) pins n; 0 (the default) follows omp_get_max_threads(),
+// which OMP_NUM_THREADS sets and, in a process with torch, torch.set_num_threads.
+int num_threads();
+void set_num_threads(int n);
 
 Mode parse_mode(const std::string& name);    // "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
 std::string mode_name(Mode mode);

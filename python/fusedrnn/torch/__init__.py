@@ -12,11 +12,10 @@ arguments and results, PackedSequence and unbatched input. Differences:
   dropout masks are drawn on the CPU, then moved; ``proj_size > 0`` runs there too.
 - Dropout between layers draws its masks from the module's own generator (the ``seed`` attribute;
   default ``torch.initial_seed()``), not from torch's global random stream.
-- Threads: fusedrnn's BLAS calls use ``torch.get_num_threads()`` threads by default, so
+- Threads: fusedrnn's GEMMs use ``torch.get_num_threads()`` threads by default, so
   ``torch.set_num_threads`` is the one knob; ``fusedrnn.torch.set_num_threads(n)`` pins another
-  count (``None`` follows torch again). On few cores, torch's OpenMP threads spinning after a torch
-  op slow the next fusedrnn call: ``OMP_WAIT_POLICY=PASSIVE`` in the environment before ``import
-  torch`` removes that (measured in ``_threads.py`` and docs/architecture.md).
+  count (``None`` follows torch again). Both run on the same OpenMP team, so they do not contend
+  for the cores (measured in ``_threads.py`` and docs/architecture.md).
 - Bad arguments raise ValueError (shapes, sizes) or TypeError (types, dtypes) naming the argument;
   torch.nn raises RuntimeError for some of these.
 """
