@@ -32,6 +32,7 @@ class Pool {
     }
     for (int64_t i = 0; i < streams; ++i) counters_[i].store(0, std::memory_order_relaxed);
     if (n <= 1) {
+      cpu::WholeCalls whole;
       fn(ctx, 0);
       return;
     }
@@ -53,7 +54,10 @@ class Pool {
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    fn(ctx, 0);
+    {
+      cpu::WholeCalls whole;
+      fn(ctx, 0);
+    }
     wait_for_zero();
     cpu::set_blas_num_threads(saved);
   }
@@ -73,6 +77,7 @@ class Pool {
       }
       seen = generation_.load(std::memory_order_acquire);
       if (lane < lanes_) {
+        cpu::WholeCalls whole;
         fn_(ctx_, lane);
         remaining_.fetch_sub(1, std::memory_order_acq_rel);
       }

@@ -46,6 +46,7 @@ void scale(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
 }
 
 std::atomic<int> g_threads{0};  // set_blas_num_threads; 0: follow omp_get_max_threads()
+thread_local bool t_whole_calls = false;  // WholeCalls
 
 void pin_openblas() {
   static const bool pinned = (FUSEDRNN_BLAS(openblas_set_num_threads)(1), true);
@@ -109,7 +110,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 #ifdef _OPENMP
   if (omp_in_parallel()) nt = 1;  // inside a team (or a nested call): this thread's share only
 #endif
-  if (M == 0 || N == 0 || K == 0 || M * N * K < kSplitMacs) {
+  if (t_whole_calls || M == 0 || N == 0 || K == 0 || M * N * K < kSplitMacs) {
     return gemm_serial(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
   // C is cut along its longer side into blocks fixed by the shape alone (never by the thread
@@ -162,6 +163,9 @@ std::string blas_config() {
   const char* cfg = FUSEDRNN_BLAS(openblas_get_config)();
   return cfg ? std::string(cfg) : std::string();
 }
+
+WholeCalls::WholeCalls() : saved_(t_whole_calls) { t_whole_calls = true; }
+WholeCalls::~WholeCalls() { t_whole_calls = saved_; }
 
 int blas_num_threads() {
   const int n = g_threads.load(std::memory_order_relaxed);

@@ -22,4 +22,17 @@ std::string blas_config();
 int blas_num_threads();
 int set_blas_num_threads(int n);
 
+// While one lives on a thread, that thread's GEMMs are single BLAS calls, not cut into blocks: the
+// unrolled executor's lanes (one core each) hold one, where the blocks would only add calls.
+class WholeCalls {
+ public:
+  WholeCalls();
+  ~WholeCalls();
+  WholeCalls(const WholeCalls&) = delete;
+  WholeCalls& operator=(const WholeCalls&) = delete;
+
+ private:
+  bool saved_;
+};
+
 }  // namespace fusedrnn::cpu
