@@ -162,12 +162,27 @@ def _blocks(w, G):
     return [w[k * H:(k + 1) * H] for k in range(G)]
 
 
+def _clip_state(c, clip):
+    """LSTM state clipping (lo, hi, nan_to_lo) or None: the clipped state and where the gradient
+    passes (the unclipped value inside [lo, hi]; a NaN only while it propagates)."""
+    if clip is None:
+        return c, None
+    lo, hi, nan_to_lo = clip
+    with np.errstate(invalid="ignore"):
+        out = np.where(c < lo, lo, np.where(c > hi, hi, c))
+        passes = (c >= lo) & (c <= hi) if nan_to_lo else ~((c < lo) | (c > hi))
+    if nan_to_lo:
+        out = np.where(np.isnan(out), lo, out)
+    return out.astype(c.dtype), passes
+
+
 def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after, mx=None, mh=None,
-                  whr=None):
+                  whr=None, clip=None):
     """act, rec: activation names (cell, gates). mx, mh: dropout masks (scaled) on the input and on
     the state as the recurrent product sees it: None, one (N, C) / (N, H) mask for all gates, or
     one per gate (G, N, C) / (G, N, H) (gate k's input-projection block sees x * mx[k], its
-    recurrent block h * mh[k]). whr: the LSTM projection (P, H): h' = (o * act(c')) whr^T."""
+    recurrent block h * mh[k]). whr: the LSTM projection (P, H): h' = (o * act(c')) whr^T.
+    clip: LSTM state clipping (lo, hi, nan_to_lo), applied to c' before h' is computed from it."""
     G = NUM_GATES[mode]
     H = whh.shape[0] // G
     f_act, f_rec = ACTIVATIONS[act][0], ACTIVATIONS[rec][0]
@@ -180,11 +195,11 @@ def _cell_forward(mode, x, h, c, wih, whh, bih, bhh, act, rec, reset_after, mx=N
         a = gi + _product(hds, whh, G) + bhh
         ai, af, ag, ao = (a[:, k * H:(k + 1) * H] for k in range(4))
         i, f, g, o = f_rec(ai), f_rec(af), f_act(ag), f_rec(ao)
-        c_new = f * c + i * g
+        c_new, clip_pass = _clip_state(f * c + i * g, clip)
         h_raw = o * f_act(c_new)
         h_new = h_raw if whr is None else h_raw @ whr.T
         return h_new, c_new, dict(cache, c=c, ai=ai, af=af, ag=ag, ao=ao, i=i, f=f, g=g, o=o,
-                                  c_new=c_new, h_raw=h_raw, whr=whr)
+                                  c_new=c_new, h_raw=h_raw, whr=whr, clip_pass=clip_pass)
     if mode == "gru":
         gh_rz = _product(hds[:2], whh[:2 * H], 2) + bhh[:2 * H]
         ar = gi[:, :H] + gh_rz[:, :H]
@@ -229,6 +244,8 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
             grads["whr"] += dh_new.T @ sc["h_raw"]
             dh_new = dh_new @ sc["whr"]
         dc = dc_new + dh_new * o * d_act(c_new)
+        if sc["clip_pass"] is not None:
+            dc = np.where(sc["clip_pass"], dc, 0.0)
         do = dh_new * f_act(c_new)
         di = dc * g
         dg = dc * i
@@ -278,7 +295,7 @@ def _cell_backward(mode, sc, dh_new, dc_new, wih, whh, grads, act, rec, reset_af
 def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activation=None,
             recurrent_activation="sigmoid", reset_after=True, dtype=np.float64, mask=None,
             zero_masked_output=False, dropout_masks=None, zoneout_masks=None, residual=False,
-            proj_size=0):
+            proj_size=0, lstm_state_clip=None):
     """x (T, N, C) time-major. Returns (y, hN, cN, cache); cN is None unless lstm.
 
     activation: cell activation (LSTM g and c, GRU n, RNN h), default tanh (relu for rnn_relu);
@@ -293,7 +310,10 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
     (keep_c) is False; the output y_t = where(keep_o, h_new, y_{t-1}), y_{-1} = 0 (MXNet's
     ZoneoutCell). residual: each layer's output is y plus the layer input (direction d adds input
     columns d*H:(d+1)*H; MXNet's ResidualCell). proj_size: LSTM projection P (h, y, h0 and hN are
-    P wide)."""
+    P wide). lstm_state_clip: optional (lo, hi, nan_to_lo): each step's new cell state is clipped
+    to [lo, hi] before h is computed from it (NaN becomes lo with nan_to_lo); its gradient passes
+    only where the unclipped value was inside (MXNet / cuDNN).
+    """
     _check_mode(mode)
     act = default_activation(mode) if activation is None else activation
     rec = recurrent_activation
@@ -329,7 +349,8 @@ def forward(x, flat, mode, H, L=1, bidirectional=False, h0=None, c0=None, activa
             for t in times:
                 mx, mh = (dropout_masks or {}).get((l, d), (None, None))
                 h_new, c_new, caches[t] = _cell_forward(mode, layer_in[t], h, c, wih, whh, bih,
-                                                        bhh, act, rec, reset_after, mx, mh, whr)
+                                                        bhh, act, rec, reset_after, mx, mh, whr,
+                                                        lstm_state_clip)
                 m = np.ones((N, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
                 y = h_new if ko is None else np.where(ko[t], h_new, y_prev)
                 y_prev = y

@@ -19,7 +19,10 @@ inline RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hi
                   bool zero_masked_output = false, double dropout = 0.0,
                   double recurrent_dropout = 0.0, double zoneout_outputs = 0.0,
                   double zoneout_states = 0.0, bool residual = false, int64_t proj_size = 0,
-                  bool dropout_per_gate = false) {
+                  bool dropout_per_gate = false,
+                  const pybind11::object& lstm_state_clip_min = pybind11::none(),
+                  const pybind11::object& lstm_state_clip_max = pybind11::none(),
+                  bool lstm_state_clip_nan = false) {
   RnnDesc d;
   d.mode = parse_mode(mode);
   d.input_size = input_size;
@@ -39,6 +42,18 @@ inline RnnDesc make_desc(const std::string& mode, int64_t input_size, int64_t hi
   d.residual = residual;
   d.proj_size = proj_size;
   d.dropout_per_gate = dropout_per_gate;
+  // MXNet's rule: clipping is on when the bounds are given, and then both are
+  if (lstm_state_clip_min.is_none() != lstm_state_clip_max.is_none()) {
+    throw ValueError("lstm_state_clip_min/max: give both bounds (or neither), got only " +
+                     std::string(lstm_state_clip_min.is_none() ? "lstm_state_clip_max"
+                                                               : "lstm_state_clip_min"));
+  }
+  if (!lstm_state_clip_min.is_none()) {
+    d.clip_state = true;
+    d.clip_min = pybind11::cast<double>(lstm_state_clip_min);
+    d.clip_max = pybind11::cast<double>(lstm_state_clip_max);
+    d.clip_nan = lstm_state_clip_nan;
+  }
   validate(d);
   return d;
 }

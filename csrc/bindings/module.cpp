@@ -203,7 +203,8 @@ PYBIND11_MODULE(_C, m) {
                        const std::string& recurrent_activation, bool reset_after,
                        bool zero_masked_output, double dropout, double recurrent_dropout,
                        double zoneout_outputs, double zoneout_states, bool residual,
-                       int64_t proj_size, bool dropout_per_gate, const py::object& lengths,
+                       int64_t proj_size, bool dropout_per_gate, const py::object& clip_min,
+                       const py::object& clip_max, bool clip_nan, const py::object& lengths,
                        const std::string& executor) {
              std::vector<int64_t> lens;
              if (!lengths.is_none()) lens = py::cast<std::vector<int64_t>>(lengths);
@@ -212,7 +213,7 @@ PYBIND11_MODULE(_C, m) {
                                              recurrent_activation, reset_after,
                                              zero_masked_output, dropout, recurrent_dropout,
                                              zoneout_outputs, zoneout_states, residual, proj_size,
-                                             dropout_per_gate),
+                                             dropout_per_gate, clip_min, clip_max, clip_nan),
                                    T, N, training, lens, parse_executor(executor));
              return plan;
            }),
@@ -224,6 +225,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("recurrent_dropout") = 0.0, py::arg("zoneout_outputs") = 0.0,
            py::arg("zoneout_states") = 0.0, py::arg("residual") = false,
            py::arg("proj_size") = 0, py::arg("dropout_per_gate") = false,
+           py::arg("lstm_state_clip_min") = py::none(), py::arg("lstm_state_clip_max") = py::none(),
+           py::arg("lstm_state_clip_nan") = false,
            py::arg("lengths") = py::none(), py::arg("executor") = "loop")
       .def_property_readonly("mode", [](const Plan& p) { return mode_name(p.desc.mode); })
       .def_property_readonly("dtype", [](const Plan& p) { return dtype_name(p.desc.dtype); })
@@ -248,6 +251,12 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("proj_size", [](const Plan& p) { return p.desc.proj_size; })
       .def_property_readonly("dropout_per_gate",
                              [](const Plan& p) { return p.desc.dropout_per_gate; })
+      .def_property_readonly("lstm_state_clip",
+                             [](const Plan& p) -> py::object {
+                               if (!p.desc.clip_state) return py::none();
+                               return py::make_tuple(p.desc.clip_min, p.desc.clip_max,
+                                                     p.desc.clip_nan);
+                             })
       .def_readonly("T", &Plan::T)
       .def_readonly("N", &Plan::N)
       .def_readonly("training", &Plan::training)

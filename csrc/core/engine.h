@@ -29,6 +29,17 @@
 
 namespace fusedrnn::engine {
 
+// LSTM state clipping (RnnDesc::clip_state) into a StepForward or StepBackward.
+template <typename Step>
+inline void set_clip(Step& st, const RnnDesc& desc) {
+  using T = decltype(st.clip_lo);
+  if (!desc.clip_state) return;
+  st.clip = true;
+  st.clip_nan = desc.clip_nan;
+  st.clip_lo = static_cast<T>(desc.clip_min);
+  st.clip_hi = static_cast<T>(desc.clip_max);
+}
+
 template <typename T>
 struct Net {
   const Plan& p;
@@ -548,6 +559,7 @@ struct Forward : Call<T, ForwardArgs> {
         st.H = H;
         st.act = p.desc.activation;
         st.rec = p.desc.recurrent_activation;
+        set_clip(st, p.desc);
         st.gx = GX.row(t - base, r0);
         st.ld_gx = ld_gx;
         st.bias = bias;
@@ -823,6 +835,7 @@ struct BackwardData : Call<T, BackwardDataArgs> {
         st.H = H;
         st.act = p.desc.activation;
         st.rec = p.desc.recurrent_activation;
+        set_clip(st, p.desc);
         st.dy = dY.row(t, r0) + dir * HS;
         st.ld_dy = dY.sn;
         if (zone) {

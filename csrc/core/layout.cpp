@@ -3,6 +3,7 @@
 // All weight matrices first, for each layer and direction: i2h (G*H, C_in), h2h (G*H, S) and, with a
 // projection, h2r (P, H); then all biases in the same order: i2h (G*H,), h2h (G*H,). This is the only
 // place that computes offsets.
+#include <cmath>
 #include <limits>
 
 #include "fusedrnn/fusedrnn.h"
@@ -133,6 +134,13 @@ void validate(const RnnDesc& d) {
   FUSEDRNN_CHECK(d.proj_size == 0 || (!d.residual && !d.zoneout() && d.recurrent_dropout == 0.0),
                  ValueError,
                  "proj_size: not supported together with zoneout, residual or recurrent_dropout");
+  FUSEDRNN_CHECK(!d.clip_state || d.mode == Mode::kLstm, ValueError,
+                 "lstm_state_clip_min/max: only mode 'lstm' has a cell state to clip, got mode '",
+                 mode_name(d.mode), "'");
+  FUSEDRNN_CHECK(!d.clip_state || (std::isfinite(d.clip_min) && std::isfinite(d.clip_max) &&
+                                   d.clip_min <= d.clip_max),
+                 ValueError, "lstm_state_clip_min/max: expected finite bounds with min <= max, got [",
+                 d.clip_min, ", ", d.clip_max, "]");
   FUSEDRNN_CHECK(d.reset_after || d.mode == Mode::kGru, ValueError,
                  "reset_after: only mode 'gru' has a reset gate, got reset_after=false for mode '",
                  mode_name(d.mode), "'");

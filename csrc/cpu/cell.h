@@ -36,6 +36,9 @@ struct StepForward {
   bool zero_masked_output = false;               // masked rows write 0 to y_out instead of the state
   bool proj = false;  // LSTM projection: h_out is o*act(c) (H wide) before W_hr, the executor keeps
                       // masked rows' h; the kernel writes zeros there (h_prev is P wide)
+  bool clip = false;  // LSTM state clipping (RnnDesc::clip_state): c_out in [clip_lo, clip_hi]
+  bool clip_nan = false;
+  T clip_lo = T(0), clip_hi = T(0);
 };
 
 template <typename T>
@@ -61,6 +64,9 @@ struct StepBackward {
   int64_t slots = 0;                             // row width of dg in units of H (zeroed when masked)
   const uint8_t* mask = nullptr; int64_t ld_mask = 0;
   bool zero_masked_output = false;               // masked rows ignore dy (their output was 0)
+  bool clip = false;  // LSTM state clipping: the kernel recomputes the unclipped c (c is ignored)
+  bool clip_nan = false;                          // and passes dc only where it was inside
+  T clip_lo = T(0), clip_hi = T(0);
 };
 
 // Zoneout and residual around one step of any cell type (forward: after the cell's step, on the rows

@@ -197,6 +197,22 @@ static inline void scale_by_derivative(T* dg, const T* y, int64_t H) {
 }
 
 // ---- LSTM ---------------------------------------------------------------------------------------------
+// State clipping, branch-free: comparisons with NaN are false, so NaN passes the two clamps and
+// only nan_to_lo replaces it.
+template <typename T>
+static inline T clip_state(T c, T lo, T hi, bool nan_to_lo) {
+  c = c < lo ? lo : c;
+  c = c > hi ? hi : c;
+  return nan_to_lo && c != c ? lo : c;
+}
+
+// Whether the gradient of the clip passes: the unclipped value inside [lo, hi] (NaN only while it
+// propagates, i.e. without nan_to_lo). A select, not a product by 0/1: 0 * inf would be NaN.
+template <typename T>
+static inline bool clip_pass(T c, T lo, T hi, bool nan_to_lo) {
+  return nan_to_lo ? (c >= lo && c <= hi) : !(c < lo || c > hi);
+}
+
 // Gates i, f, g, o are computed in place over the input projection; in training that row is the
 // reserve's saved-gates row.
 template <typename T, bool Train>
@@ -219,6 +235,17 @@ static void lstm_forward(const StepForward<T>& s) {
     with_act(s.act, [&](auto A) {
       using Act = decltype(A);
       gate_block<Act>(g + 2 * H, g + 2 * H, gh + 2 * H, b + 2 * H, H);
+      if (s.clip) {
+        const T lo = s.clip_lo, hi = s.clip_hi;
+        const bool nan_to_lo = s.clip_nan;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          T c = clip_state(g[H + j] * cp[j] + g[j] * g[2 * H + j], lo, hi, nan_to_lo);
+          co[j] = c;
+          ho[j] = g[3 * H + j] * Act::f(c);
+        }
+        return;
+      }
 #pragma omp simd
       for (int64_t j = 0; j < H; ++j) {
         T c = g[H + j] * cp[j] + g[j] * g[2 * H + j];
@@ -232,8 +259,9 @@ static void lstm_forward(const StepForward<T>& s) {
 
 // Recompute: the cell state is not saved as the forward computed it (zoneout saves the zoned one), so
 // it is rebuilt from the saved gates and c_prev with the forward's expression.
-template <typename T, bool Recompute>
+template <typename T, bool Recompute, bool Clip = false>
 static void lstm_backward_rows(const StepBackward<T>& s) {
+  static_assert(Recompute || !Clip, "clipping recomputes the unclipped cell state");
   const int64_t H = s.H;
   for_rows(s.N, [&](int64_t n) {
     if (is_masked(s, n)) return pass_through(s, n);
@@ -244,6 +272,8 @@ static void lstm_backward_rows(const StepBackward<T>& s) {
     const T* c = Recompute ? nullptr : s.c + n * s.ld_c;
     const T* cp = s.c_prev + n * s.ld_cp;
     T* dg = s.dg + n * s.ld_dg;
+    const T lo = s.clip_lo, hi = s.clip_hi;
+    const bool nan_to_lo = s.clip_nan;
     with_act(s.act, [&](auto A) {
       using Act = decltype(A);
 #pragma omp simd
@@ -252,13 +282,19 @@ static void lstm_backward_rows(const StepBackward<T>& s) {
         T dhv = dy[j] + dh[j];
         dh[j] = T(0);  // all of dh_{t-1} comes through W_hh
         T cv;
+        bool pass = true;
         if constexpr (Recompute) {
           cv = g[H + j] * cp[j] + g[j] * g[2 * H + j];
+          if constexpr (Clip) {
+            pass = clip_pass(cv, lo, hi, nan_to_lo);
+            cv = clip_state(cv, lo, hi, nan_to_lo);
+          }
         } else {
           cv = c[j];
         }
         T ac = Act::f(cv);
         T dcv = dc[j] + dhv * go * Act::d(ac);
+        dcv = pass ? dcv : T(0);
         dc[j] = dcv * gf;
         dg[j] = dcv * gg;
         dg[H + j] = dcv * cp[j];
@@ -277,7 +313,9 @@ static void lstm_backward_rows(const StepBackward<T>& s) {
 
 template <typename T>
 static void lstm_backward(const StepBackward<T>& s) {
-  if (s.c) {
+  if (s.clip) {
+    lstm_backward_rows<T, true, true>(s);
+  } else if (s.c) {
     lstm_backward_rows<T, false>(s);
   } else {
     lstm_backward_rows<T, true>(s);

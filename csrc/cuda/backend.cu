@@ -187,6 +187,7 @@ CudaPlan make_plan(const RnnDesc& desc, int64_t T, int64_t N, bool training,
   validate(desc);
   FUSEDRNN_CHECK(!desc.residual, ValueError, "residual: CPU only for now");
   FUSEDRNN_CHECK(!desc.zoneout(), ValueError, "zoneout: CPU only for now");
+  FUSEDRNN_CHECK(!desc.clip_state, ValueError, "lstm_state_clip_min/max: CPU only for now");
   FUSEDRNN_CHECK(desc.dropout == 0.0 && desc.recurrent_dropout == 0.0, ValueError,
                  "dropout / recurrent_dropout: CPU only for now (the CUDA backend runs without "
                  "dropout masks)");

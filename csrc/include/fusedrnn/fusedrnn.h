@@ -94,6 +94,14 @@ struct RnnDesc {
   // d adding input features [d*H, (d+1)*H); needs input_size == directions * hidden_size. The
   // recurrence runs on the states, without the sum.
   bool residual = false;
+  // LSTM state clipping (MXNet's lstm_state_clip_min / _max / _nan, cuDNN's RNN clip): with
+  // clip_state, each step's new cell state is clipped to [clip_min, clip_max] before h = o*act(c)
+  // is computed from it and before it carries on to the next step; its gradient passes only where
+  // the unclipped value lay inside [clip_min, clip_max]. NaN propagates unless clip_nan, which turns
+  // a NaN cell state into clip_min (as fmin(fmax(c, clip_min), clip_max) would; no gradient there).
+  bool clip_state = false;
+  double clip_min = 0.0, clip_max = 0.0;
+  bool clip_nan = false;
 
   bool zoneout() const { return zoneout_outputs > 0.0 || zoneout_states > 0.0; }
   // Dropout masks of each kind per (layer, direction): one per gate with dropout_per_gate, else 1.
