@@ -10,8 +10,8 @@ markdown table on stdout, with the machine's numpy sgemm ceiling as a reference.
 stderr.
 
 "train" is forward(training=True) + backward with data and weight gradients, loss = sum of the
-outputs used (W5: the last step only). W6 runs padded to T=100 on both sides (fusedrnn has no
-variable-length support yet); torch also runs it as a packed sequence.
+outputs used (W5: the last step only). W6 runs padded to T=100 on both sides (fusedrnn's native
+lengths are measured by bench/harness.py); torch also runs it as a packed sequence.
 
 Run from the repository root, with fusedrnn installed::
 
@@ -178,10 +178,11 @@ def make_calls(w: Workload) -> dict[str, Callable[[], np.ndarray]]:
 # Measurement
 
 
-# fusedrnn runs its GEMMs on OpenBLAS's thread pool, torch on its OpenMP/MKL pool. A pool keeps
-# spinning for a while after its last call (OpenBLAS about 0.1 s), and on a 2-core machine a
-# spinning pool can halve the speed of the other library's calls (measured: torch W2 36 -> 75 ms
-# when called right after fusedrnn). So before each call the machine idles for SETTLE_S, until the
+# A thread pool keeps spinning for a while after its last call (OpenBLAS's about 0.1 s, libgomp's a
+# few ms), and on a 2-core machine a spinning pool can halve the speed of the other library's calls
+# (measured while fusedrnn's GEMMs ran on OpenBLAS's own pool: torch W2 36 -> 75 ms when called
+# right after fusedrnn; both now share libgomp's team, but ONNX Runtime and JAX keep pools of their
+# own). So before each call the machine idles for SETTLE_S, until the
 # other library's threads sleep, then the library runs untimed calls for at least PRIME_S to wake
 # its own threads, so that the timed call sees the steady state of back-to-back calls, as in a
 # training loop or a server.

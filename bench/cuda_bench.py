@@ -9,8 +9,10 @@ the whole Python call (host overhead included, for both), median of the repeats 
 fusedrnn runs with its plan choice ('auto') and, in the sweep, with each algorithm forced
 ('step': per-step cuBLAS GEMM + fused kernel; 'persistent': one cooperative kernel per layer and
 direction). cuDNN runs twice: with PyTorch's defaults (cuDNN may use TF32 tensor cores for float32
-RNNs: torch.backends.cudnn.allow_tf32 is True by default) and in strict float32 (allow_tf32 False),
-which is the arithmetic fusedrnn does. Before timing, each fusedrnn case is checked against cuDNN
+RNNs: torch.backends.cudnn.allow_tf32 is True by default) and in strict float32 (allow_tf32 False).
+fusedrnn follows the same flag (its step path's GEMMs use TF32 when allow_tf32 is True, as timed
+here; its persistent kernels are always plain float32). The speed-up columns of the sweep divide by
+the fastest of fusedrnn's variants (auto, step, persistent); the README's grid uses 'auto'. Before timing, each fusedrnn case is checked against cuDNN
 strict float32 (relative error of the output).
 """
 
