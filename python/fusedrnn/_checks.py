@@ -54,6 +54,31 @@ def float_array(name: str, value, dtype: np.dtype | None = None) -> np.ndarray:
     return value
 
 
+def array(name: str, value, dtype=None) -> np.ndarray:
+    """np.asarray(value, dtype) with the argument's name in the error: a ragged nested list or an
+    object NumPy cannot convert is a TypeError naming ``name`` (NumPy's own ValueError names
+    nothing)."""
+    if isinstance(value, np.ndarray) and dtype is None:
+        return value
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        what = "an array" if dtype is None else f"an array of {np.dtype(dtype)}"
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} that NumPy cannot "
+                        f"convert ({str(exc).splitlines()[0][:80]})") from exc
+
+
+def float_dtype(name: str, value) -> np.dtype:
+    """float32 or float64 (anything np.dtype takes that names one of them)."""
+    try:
+        dt = np.dtype(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected float32 or float64, got {value!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
 def shape(name: str, arr: np.ndarray, expected: tuple, what: str = "") -> None:
     if tuple(arr.shape) != tuple(expected):
         hint = f" {what}" if what else ""

@@ -640,6 +640,11 @@ def do_rnn_checkpoint(cells, prefix, period=1, *, format="npz"):
     ``(iter_no + 1) % period == 0`` (period is ``int(max(1, period))``, as in MXNet)."""
     _cell_list(cells)
     _check_format(format)
+    if isinstance(period, (bool, np.bool_)) or not isinstance(period, (int, float, np.integer,
+                                                                       np.floating)):
+        raise TypeError(f"period: expected a number of epochs, got {period!r}")
+    if not np.isfinite(period):
+        raise ValueError(f"period: expected a finite number of epochs, got {period!r}")
     period = int(max(1, period))
 
     def _callback(iter_no, sym=None, arg=None, aux=None):

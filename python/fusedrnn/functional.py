@@ -79,9 +79,7 @@ def memory(
     buffers then hold sum(lengths) rows instead of T*N, and executor: the loop executor's
     one-layer inference workspace does not grow with T, the unrolled one's does)."""
     check_mode(mode)
-    dtype = np.dtype(dtype)
-    if dtype not in chk.FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    dtype = chk.float_dtype("dtype", dtype)
     plan = _plan(
         mode,
         chk.size("input_size", input_size),
@@ -132,7 +130,8 @@ def choose_executor(mode: str, hidden_size: int, T: int, N: int, num_layers: int
 
 def _executor(executor, mode, hidden_size, T, N, num_layers, bidirectional, training) -> str:
     if not isinstance(executor, str) or executor not in EXECUTORS:
-        raise ValueError(f"executor: expected one of {EXECUTORS}, got {executor!r}")
+        exc = ValueError if isinstance(executor, str) else TypeError
+        raise exc(f"executor: expected one of {EXECUTORS}, got {executor!r}")
     if executor == "auto":
         return choose_executor(mode, hidden_size, T, N, num_layers, bidirectional, training)
     return executor
@@ -142,7 +141,7 @@ def _lengths(lengths, T: int, N: int) -> Optional[np.ndarray]:
     """Per-sample lengths as an (N,) int64 array with values in [0, T], or None."""
     if lengths is None:
         return None
-    arr = np.asarray(lengths)
+    arr = chk.array("lengths", lengths)
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
     if arr.shape != (N,):
@@ -242,6 +241,9 @@ def forward(
     seed: Optional[int] = None,
     lengths=None,
     executor: str = "auto",
+    lstm_state_clip_min: Optional[float] = None,
+    lstm_state_clip_max: Optional[float] = None,
+    lstm_state_clip_nan: bool = False,
 ) -> ForwardResult:
     """Runs the network over a sequence.
 
@@ -298,9 +300,17 @@ def forward(
     stack as a wavefront, run concurrently on the machine's cores; scratch grows with T) or 'auto'
     (``choose_executor``). Both give the same results: bitwise in float64 (and float32 with one
     stream), to about one float32 ulp where lanes run their GEMMs single-threaded.
+
+    lstm_state_clip_min, lstm_state_clip_max, lstm_state_clip_nan: LSTM state clipping, as MXNet's
+    RNN operator (and cuDNN's RNN clip): given both bounds, every step's new cell state is clipped
+    to [min, max] before h = o * act(c) is computed from it and before it carries on; the gradient
+    passes only where the unclipped state lay inside. NaN propagates unless
+    ``lstm_state_clip_nan``, which turns a NaN cell state into ``lstm_state_clip_min`` (as
+    fmin(fmax(c, min), max) would). CPU only for now.
     """
     check_mode(mode)
     options = _cell_options(mode, activation, recurrent_activation, reset_after)
+    options.update(_clip_options(lstm_state_clip_min, lstm_state_clip_max, lstm_state_clip_nan))
     H = chk.size("hidden_size", hidden_size)
     L = chk.size("num_layers", num_layers)
     bidirectional = chk.flag("bidirectional", bidirectional)
@@ -367,7 +377,7 @@ def forward(
         seed = 0  # no masks are drawn
     mask_t = None
     if mask is not None:
-        m = np.asarray(mask)
+        m = chk.array("mask", mask)
         if m.dtype != np.bool_ and not np.issubdtype(m.dtype, np.integer):
             raise TypeError(f"mask: expected dtype bool (or 0/1 integers), got {m.dtype}")
         want = (N, T) if batch_first else (T, N)
@@ -390,6 +400,22 @@ def forward(
     ctx = (Context(plan, xt, weights, h0, c0, reserve, batch_first, mask_t, seed, lengths)
            if training else None)
     return ForwardResult(y, hN, cN, ctx)
+
+
+def _clip_options(clip_min, clip_max, clip_nan) -> dict:
+    """LSTM state clipping as the plan's options; the core checks the rest (both bounds or none,
+    min <= max, mode 'lstm')."""
+    out = {}
+    for name, value in (("lstm_state_clip_min", clip_min), ("lstm_state_clip_max", clip_max)):
+        if value is not None:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+                raise TypeError(f"{name}: expected a float or None, got {type(value).__name__}")
+            value = float(value)
+            if not np.isfinite(value):
+                raise ValueError(f"{name}: expected a finite float, got {value}")
+        out[name] = value
+    out["lstm_state_clip_nan"] = chk.flag("lstm_state_clip_nan", clip_nan)
+    return out
 
 
 def _rate(name: str, value, closed: bool = False) -> float:
@@ -464,9 +490,25 @@ def backward_weights(ctx: Context, dw=None) -> np.ndarray:
         chk.shape("dw", dw, ctx.weights.shape, "(the shape of the weights)")
         if not (dw.flags.c_contiguous and dw.flags.aligned and dw.flags.writeable):
             raise ValueError("dw: expected a writable, aligned, C-contiguous array to accumulate into")
+        for name, other in (("x", ctx.x), ("weights", ctx.weights), ("h0", ctx.h0),
+                            ("c0", ctx.c0), ("the reserve", ctx.reserve)):
+            if other is not None and _overlap(dw, other):
+                raise ValueError(f"dw: expected an array of its own to accumulate into, got one "
+                                 f"that shares memory with {name} of the forward call (the "
+                                 f"gradient would overwrite it)")
     _C.backward_weights(ctx.plan, ctx.x, ctx.h0, dw, _workspace(ctx.plan), ctx.reserve, ctx.seed,
                         lengths=ctx.lengths)
     return dw
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a and b share memory (exactly; when that is too hard to decide, their bounds)."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10**6))
+    except getattr(np, "exceptions", np).TooHardError:  # np.TooHardError before NumPy 1.25
+        return True
 
 
 def backward(ctx: Context, dy=None, dhN=None, dcN=None, weight_grad: bool = True) -> BackwardResult:

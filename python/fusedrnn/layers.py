@@ -394,6 +394,7 @@ class _RNN:
         C = chk.size("input_shape[-1]", input_shape[-1])
         if self.built:
             return
+        param_size(self._mode, C, self.units)  # too large for the core: ValueError, not MemoryError
         rng = np.random.default_rng(None if self.seed is None else [self.seed, self._stream, 0])
         U, dt = self.units, self.dtype
         shapes = self._keras_shapes(C)
@@ -428,8 +429,8 @@ class _RNN:
         if isinstance(weights, (str, bytes, np.ndarray)) or not isinstance(weights, Sequence):
             raise TypeError(f"weights: expected a list of arrays as get_weights() returns, got "
                             f"{type(weights).__name__}")
-        arrays = [chk.float_array(f"weights[{i}]", np.asarray(w) if not isinstance(w, np.ndarray)
-                                  else w).astype(self.dtype, copy=False)
+        arrays = [chk.float_array(f"weights[{i}]", chk.array(f"weights[{i}]", w)
+                                  ).astype(self.dtype, copy=False)
                   for i, w in enumerate(weights)]
         if self.built:
             C = self.input_dim
@@ -510,7 +511,7 @@ class _RNN:
                              f"{what}, got {len(states)} arrays")
         out = []
         for i, s in enumerate(states):
-            a = np.asarray(s)
+            a = chk.array(f"{argname}[{i}]", s)
             if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
                 raise TypeError(f"{argname}[{i}]: expected a float array, got dtype {a.dtype}")
             if N is None and a.ndim == 2:
@@ -542,7 +543,7 @@ class _RNN:
     # ----- forward ------------------------------------------------------------------------------
 
     def _check_inputs(self, inputs) -> np.ndarray:
-        x = np.asarray(inputs)
+        x = chk.array("inputs", inputs)
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise TypeError(f"inputs: expected a float array (N, T, C), got dtype {x.dtype}")
         if x.ndim != 3:
@@ -555,7 +556,7 @@ class _RNN:
     def _check_mask(self, mask, N, T):
         if mask is None:
             return None
-        m = np.asarray(mask)
+        m = chk.array("mask", mask)
         if m.dtype != np.bool_:
             if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
                 raise TypeError(f"mask: expected bools (N, T), got dtype {m.dtype}")
@@ -661,7 +662,7 @@ class _RNN:
     # ----- backward -----------------------------------------------------------------------------
 
     def _grad_array(self, name, value, shape):
-        a = chk.float_array(name, value if isinstance(value, np.ndarray) else np.asarray(value))
+        a = chk.float_array(name, chk.array(name, value))
         chk.shape(name, a, shape)
         return a.astype(self.dtype, copy=False)
 
@@ -2198,7 +2199,7 @@ class RNN:
     def _check_loop_mask(self, mask, N, T):
         if mask is None:
             return None
-        m = np.asarray(mask)
+        m = chk.array("mask", mask)
         if m.dtype != np.bool_:
             if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
                 raise TypeError(f"mask: expected bools (N, T), got dtype {m.dtype}")

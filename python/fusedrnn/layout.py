@@ -103,9 +103,13 @@ def init_weights(
     proj_size=0,
 ) -> np.ndarray:
     """A flat vector drawn like torch.nn's default: every entry uniform in (-1/sqrt(H), 1/sqrt(H))."""
-    dtype = np.dtype(dtype)
-    if dtype not in chk.FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    dtype = chk.float_dtype("dtype", dtype)
     n = param_size(mode, input_size, hidden_size, num_layers, bidirectional, proj_size)
     bound = 1.0 / np.sqrt(hidden_size)
-    return np.random.default_rng(seed).uniform(-bound, bound, n).astype(dtype)
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"seed: expected None or a non-negative integer, got {seed!r}")
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed: expected None or a non-negative integer, got {seed!r}") from exc
+    return rng.uniform(-bound, bound, n).astype(dtype)

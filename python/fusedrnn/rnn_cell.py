@@ -434,11 +434,11 @@ def _seq_grad(d, shape, axis, dtype, what="d_outputs"):
         step_shape = shape[:axis] + shape[axis + 1 :]
         steps = []
         for t, g in enumerate(d):
-            g = np.zeros(step_shape, dtype) if g is None else np.asarray(g, dtype=dtype)
+            g = np.zeros(step_shape, dtype) if g is None else chk.array(f"{what}[{t}]", g, dtype)
             chk.shape(f"{what}[{t}]", g, step_shape)
             steps.append(g)
         return np.stack(steps, axis=axis)
-    g = np.asarray(d, dtype=dtype)
+    g = chk.array(what, d, dtype)
     chk.shape(what, g, shape, "(the shape of the outputs)")
     return g
 
@@ -682,8 +682,13 @@ class BaseRNNCell:
                 f"{type(self).__name__}.backward: nothing to differentiate: run unroll(..., "
                 "training=True) or a step with training=True first (each backward consumes the "
                 "latest one)")
-        kind, rec = self._tape.pop()
-        return getattr(self, "_bwd_" + kind)(rec, d_outputs, d_states)
+        entry = self._tape[-1]  # consumed only when backward succeeds: a bad call can be retried
+        result = getattr(self, "_bwd_" + entry[0])(entry[1], d_outputs, d_states)
+        for i in range(len(self._tape) - 1, -1, -1):
+            if self._tape[i] is entry:
+                del self._tape[i]
+                break
+        return result
 
     def step_backward(self, d_output, d_states):
         """Backward of one step of a user-written cell (see the class docstring)."""
@@ -853,7 +858,7 @@ class _GateCell(BaseRNNCell):
         d = []
         for i, g in enumerate(ds):
             if g is not None:
-                g = np.asarray(g, dtype=dtype)
+                g = chk.array(f"d_states[{i}]", g, dtype)
                 chk.shape(f"d_states[{i}]", g, (N, self._num_hidden), "(batch_size, num_hidden)")
                 g = g[None]
             d.append(g)
@@ -865,7 +870,7 @@ class _GateCell(BaseRNNCell):
         ctx = rec["ctx"]
         dy = None
         if d_output is not None:
-            dy = np.asarray(d_output, dtype=ctx.plan.dtype)
+            dy = chk.array("d_output", d_output, ctx.plan.dtype)
             chk.shape("d_output", dy, (ctx.x.shape[1], self._num_hidden),
                       "(batch_size, num_hidden)")
             dy = dy[None]
@@ -1147,7 +1152,13 @@ class FusedRNNCell(BaseRNNCell):
         d = _seq_grad(d_outputs, rec["y_shape"], rec["axis"], dtype)
         n = len(self.state_info) if self._get_next_state else 0
         ds = _state_grads(d_states, n, "FusedRNNCell") + [None, None]
-        ds = [None if g is None else np.asarray(g, dtype=dtype) for g in ds]
+        ds = [None if g is None else chk.array(f"d_states[{i}]", g, dtype)
+              for i, g in enumerate(ds)]
+        state_shape = (L * D, layers[0][0].x.shape[1], self._num_hidden)
+        for i, g in enumerate(ds[:n]):  # before any layer adds its gradient: a bad call adds none
+            if g is not None:
+                chk.shape(f"d_states[{i}]", g, state_shape,
+                          "(num_layers * directions, batch_size, num_hidden)")
         dh0, dc0 = [None] * L, [None] * L
         grad = self._parameter.grad
         for layer in range(L - 1, -1, -1):
@@ -1169,7 +1180,8 @@ class FusedRNNCell(BaseRNNCell):
         dy = _seq_grad(d_outputs, rec["y_shape"], rec["axis"], dtype)
         n = len(self.state_info) if self._get_next_state else 0
         ds = _state_grads(d_states, n, "FusedRNNCell") + [None, None]
-        ds = [None if g is None else np.asarray(g, dtype=dtype) for g in ds]
+        ds = [None if g is None else chk.array(f"d_states[{i}]", g, dtype)
+              for i, g in enumerate(ds)]
         state_shape = (ctx.plan.num_layers * (2 if ctx.plan.bidirectional else 1), ctx.x.shape[1],
                        self._num_hidden)
         for i, g in enumerate(ds[:n]):

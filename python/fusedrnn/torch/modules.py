@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..layout import param_size
 from . import _autograd
 
 _MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
@@ -174,6 +175,8 @@ class _RNNBase(_FlatModule):
         if proj_size >= hidden_size:
             raise ValueError(f"proj_size: expected less than hidden_size={hidden_size}, got "
                              f"{proj_size}")
+        # sizes beyond the core's limits: its ValueError naming the size, before any allocation
+        param_size(_MODES[mode], input_size, hidden_size, num_layers, bidirectional, proj_size)
         self.mode, self._core_mode = mode, _MODES[mode]
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
@@ -416,6 +419,7 @@ class _CellBase(_FlatModule):
                 raise ValueError(f"{name}: expected an int >= 1, got {value}")
         if not isinstance(bias, bool):
             raise TypeError(f"bias: expected True or False, got {bias!r}")
+        param_size(mode, input_size, hidden_size)  # beyond the core's limits: ValueError
         self._core_mode = mode
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G = _GATES[mode]
