@@ -71,14 +71,25 @@ class Pool {
       // spin briefly for the next run (consecutive calls), then sleep
       for (int i = 0; i < 20000 && generation_.load(std::memory_order_acquire) == seen; ++i)
         FUSEDRNN_PAUSE();
+      // The run's generation and its parameters are read together, under the lock run() writes
+      // them under: read apart, a worker left out of run k (lane >= its lane count) that read
+      // generation k and was then descheduled until run k+1 had started would read k+1's lane
+      // count, fn and ctx, do its lane of k+1, and then, seeing generation k+1 != k, do it a
+      // second time (twice the counters, and possibly after run() had returned).
+      void (*fn)(void*, int);
+      void* ctx;
+      int lanes;
       {
         std::unique_lock<std::mutex> g(m_);
         cv_.wait(g, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        seen = generation_.load(std::memory_order_relaxed);
+        fn = fn_;
+        ctx = ctx_;
+        lanes = lanes_;
       }
-      seen = generation_.load(std::memory_order_acquire);
-      if (lane < lanes_) {
+      if (lane < lanes) {
         cpu::WholeCalls whole;
-        fn_(ctx_, lane);
+        fn(ctx, lane);
         remaining_.fetch_sub(1, std::memory_order_acq_rel);
       }
     }
