@@ -135,10 +135,9 @@ def test_clip_nan(dtype):
 def test_plan_reports_the_clip():
     x = np.zeros((2, 1, 3), np.float32)
     w = np.zeros(fusedrnn.param_size("lstm", 3, 4), np.float32)
-    fusedrnn.forward(x, w, mode="lstm", hidden_size=4, lstm_state_clip_min=-1,
-                     lstm_state_clip_max=2.5, lstm_state_clip_nan=True)
-    plans = [p for p in (fusedrnn.functional._cached_plan.cache_info(),)]
-    assert plans  # the plan cache is used; the plan itself reports the clip:
+    res = fusedrnn.forward(x, w, mode="lstm", hidden_size=4, lstm_state_clip_min=-1,
+                           lstm_state_clip_max=2.5, lstm_state_clip_nan=True, training=True)
+    assert res.ctx.plan.lstm_state_clip == (-1.0, 2.5, True)  # the keywords reach the core's plan
     p = fusedrnn._C.Plan("lstm", 3, 4, 1, False, "float32", 2, 1, False, lstm_state_clip_min=-1.0,
                          lstm_state_clip_max=2.5, lstm_state_clip_nan=True)
     assert p.lstm_state_clip == (-1.0, 2.5, True)

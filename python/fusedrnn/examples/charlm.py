@@ -660,26 +660,28 @@ def _float_at_least(low: float, strict: bool):
     return parse
 
 
+def _list_of(convert, ok, example: str, what: str):
+    """An argparse type: comma-separated values, each converted and checked by ``ok``."""
+    def parse(s: str) -> tuple:
+        try:
+            values = tuple(convert(v) for v in s.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what} such as {example}, got {s!r}") from None
+        if not all(ok(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return values
+    return parse
+
+
+_lengths_list = _list_of(int, lambda v: v >= 1, "10,20,40", "positive integers")
+_float_list = _list_of(float, lambda v: v > 0 and math.isfinite(v), "0.2,0.5,1.0",
+                       "positive numbers")
+
+
 def _int_list(s: str) -> tuple:
-    try:
-        values = tuple(int(v) for v in s.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers such as 10,20,40, got {s!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"lengths must be positive, got {s!r}")
-    return tuple(sorted(set(values)))
-
-
-def _float_list(s: str) -> tuple:
-    try:
-        values = tuple(float(v) for v in s.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0.2,0.5,1.0, got {s!r}") from None
-    if any(not (v > 0 and math.isfinite(v)) for v in values):
-        raise argparse.ArgumentTypeError(f"temperatures must be positive, got {s!r}")
-    return values
+    """Bucket lengths: positive integers, sorted and deduplicated."""
+    return tuple(sorted(set(_lengths_list(s))))
 
 
 def build_parser() -> argparse.ArgumentParser:
