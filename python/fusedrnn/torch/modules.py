@@ -368,8 +368,8 @@ class _RNNBase(_FlatModule):
 
 
 class LSTM(_RNNBase):
-    """torch.nn.LSTM on the fused core (see the module docstring); proj_size > 0 is accepted and
-    its parameters are created, but forward refuses it until the core has the projection."""
+    """torch.nn.LSTM on the fused core (see the module docstring); proj_size > 0 runs in the core
+    (weight_hr_l* as torch.nn's), on CPU and CUDA."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
