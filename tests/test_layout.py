@@ -74,10 +74,14 @@ def test_build_info():
     assert info["blas"].startswith("OpenBLAS")
     assert "OpenBLAS" in info["blas_config"]
     assert info["openmp"] is True and info["openmp_max_threads"] >= 1
-    import importlib.util  # the CUDA backend is compiled in exactly when its module was built
+    import importlib.util
 
-    built = importlib.util.find_spec("fusedrnn._cuda") is not None
-    assert info["cuda"] is built
+    # A build that compiled the CUDA backend installed its module beside _C. The converse does not
+    # hold: a _cuda module may come from another build of the same sources (CI's CUDA step pairs a
+    # CPU-only wheel's _C with a separately built _cuda), so only this direction is checked.
+    assert isinstance(info["cuda"], bool)
+    if info["cuda"]:
+        assert importlib.util.find_spec("fusedrnn._cuda") is not None
     assert info["simd"] in ("avx2+fma", "baseline")
     assert info["compiler"] and "-O" in info["cxx_flags"]
     assert info["version"] == fusedrnn.__version__
