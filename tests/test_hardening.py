@@ -342,6 +342,126 @@ def test_cell_failed_step_backward_can_be_retried():
     assert dx.shape == x.shape
 
 
+def _seq(*cells):
+    s = rc.SequentialRNNCell()
+    for c in cells:
+        s.add(c)
+    return s
+
+
+def _p(prefix):
+    return rc.RNNParams(prefix, seed=len(prefix) + ord(prefix[0]))
+
+
+# Each composite cell, and a backward call that fails only after an inner cell has consumed its
+# record and added its gradients (the second state gradient has the wrong batch size).
+COMPOSITES = {
+    "Sequential": lambda: _seq(rc.LSTMCell(H, prefix="a_", params=_p("a_")),
+                               rc.GRUCell(H, prefix="b_", params=_p("b_"))),
+    "Bidirectional": lambda: rc.BidirectionalCell(rc.LSTMCell(H, prefix="l_", params=_p("l_")),
+                                                  rc.GRUCell(H, prefix="r_", params=_p("r_"))),
+    # not fusable: stepped in Python, each step consuming the inner cells' step records
+    "Zoneout(Sequential)": lambda: rc.ZoneoutCell(
+        _seq(rc.GRUCell(H, prefix="a_", params=_p("a_")),
+             rc.RNNCell(H, prefix="b_", params=_p("b_"))), 0.3, 0.4, rng=1),
+    "Residual(Sequential)": lambda: rc.ResidualCell(
+        _seq(rc.LSTMCell(C, prefix="a_", params=_p("a_")),
+             rc.LSTMCell(C, prefix="b_", params=_p("b_")))),
+    "Sequential(Dropout, Zoneout)": lambda: _seq(
+        rc.DropoutCell(0.5, rng=2),
+        rc.ZoneoutCell(rc.LSTMCell(H, prefix="z_", params=_p("z_")), 0.5, 0.5, rng=3),
+        rc.GRUCell(H, prefix="g_", params=_p("g_"))),
+}
+
+
+def _run_composite(name, dtype=np.float64):
+    cell = COMPOSITES[name]()
+    x = np.random.default_rng(6).standard_normal((N, T, C)).astype(dtype)
+    out, states = cell.unroll(T, x, layout="NTC", merge_outputs=True, training=True)
+    cell.params.zero_grad()
+    return cell, x, out, rc._flatten(states)
+
+
+@pytest.mark.parametrize("name", list(COMPOSITES))
+def test_composite_failed_backward_is_undone(name):
+    cell, x, out, states = _run_composite(name)
+    d_out = np.linspace(-1, 1, out.size).reshape(out.shape)
+    d_states = [np.full_like(s, 0.5) for s in states]
+    tapes = [(c, list(c._tape)) for c in rc._subtree(cell)]
+    for i in range(len(states)):  # wrong batch size in state gradient i
+        bad = list(d_states)
+        bad[i] = np.ones((N + 2,) + states[i].shape[1:])
+        with pytest.raises(ValueError, match=r"d_states|states\[\d\]|expected shape"):
+            cell.backward(d_out, bad)
+        assert all(not g.any() for g in cell.params.grads.values()), (name, i)
+        for c, tape in tapes:
+            assert c._tape == tape, (name, i, type(c).__name__)
+    dx, d_begin = cell.backward(d_out, d_states)
+    got = {k: v.copy() for k, v in cell.params.grads.items()}
+    # the same cell built afresh, run once, differentiated once: the same gradients
+    ref, _, out2, _ = _run_composite(name)
+    np.testing.assert_array_equal(out2, out)
+    dx2, d_begin2 = ref.backward(d_out, d_states)
+    np.testing.assert_array_equal(dx, dx2)
+    for a, b in zip(rc._flatten(d_begin), rc._flatten(d_begin2)):
+        np.testing.assert_array_equal(a, b)
+    assert got.keys() == ref.params.grads.keys()
+    for k, v in ref.params.grads.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    assert any(v.any() for v in got.values())
+    with pytest.raises(RuntimeError, match="nothing to differentiate"):
+        cell.backward(d_out, d_states)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda o: np.ones(o.shape[:-1] + (o.shape[-1] + 1,)), r"^d_outputs: expected shape"),
+    (lambda o: np.full(o.shape, {}, object), r"^d_outputs: expected an array"),
+    (lambda o: "abc", r"^d_outputs: expected an array"),
+    (lambda o: [np.ones(o.shape[::2])] * (T - 1) + [np.ones((N, 1))], r"^d_outputs\[\d+\]: "),
+    (lambda o: [np.ones(o.shape[::2])] * (T - 1) + [RAGGED], r"^d_outputs\[\d+\]: "),
+])
+@pytest.mark.parametrize("name", ["Zoneout(Sequential)", "Sequential(Dropout, Zoneout)"])
+def test_stepped_cell_bad_output_gradient_is_named(name, bad, match):
+    cell, x, out, states = _run_composite(name)
+    with pytest.raises((ValueError, TypeError), match=match):
+        cell.backward(bad(out))
+    assert all(not g.any() for g in cell.params.grads.values())
+    dx, _ = cell.backward(np.ones_like(out))
+    assert dx.shape == x.shape
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda w: np.ones((N, w + 1)), r"^d_output: expected shape"),
+    (lambda w: np.ones((N,)), r"^d_output: expected shape"),
+    (lambda w: RAGGED, r"^d_output: expected an array"),
+    (lambda w: "x", r"^d_output: expected an array"),
+])
+@pytest.mark.parametrize("make", [
+    lambda: rc.DropoutCell(0.5, rng=0),
+    lambda: rc.ZoneoutCell(rc.LSTMCell(H, prefix="z_"), 0.3, 0.3, rng=0),
+], ids=["Dropout", "Zoneout"])
+def test_step_backward_bad_output_gradient_is_named(make, bad, match):
+    cell = make()
+    x = np.random.default_rng(7).standard_normal((N, C))
+    width = C if isinstance(cell, rc.DropoutCell) else H
+    states = cell.begin_state(batch_size=N, dtype=np.float64) if cell.state_info else []
+    cell(x, states, training=True)
+    with pytest.raises((ValueError, TypeError), match=match):
+        cell.backward(bad(width))
+    dx, _ = cell.backward(np.ones((N, width)))
+    assert dx.shape == x.shape
+
+
+def test_zoneout_step_bad_state_gradient_is_named():
+    cell = rc.ZoneoutCell(rc.LSTMCell(H, prefix="z_"), 0.3, 0.3, rng=0)
+    x = np.random.default_rng(8).standard_normal((N, C))
+    cell(x, cell.begin_state(batch_size=N, dtype=np.float64), training=True)
+    with pytest.raises(ValueError, match=r"^d_states\[1\]: expected shape"):
+        cell.backward(None, [np.ones((N, H)), np.ones((N, H - 1))])
+    dx, _ = cell.backward(None, [np.ones((N, H)), np.ones((N, H))])
+    assert dx.shape == x.shape
+
+
 @pytest.mark.parametrize("bad, exc", [(RAGGED, TypeError), ([T + 1, 0], ValueError),
                                       ([1.5, 1.0], TypeError), ([-1, 1], ValueError)])
 def test_cell_valid_length(bad, exc):

@@ -69,6 +69,7 @@ one fused call per layer (MXNet's dropout between layers is not the kernels' dro
 from __future__ import annotations
 
 import numbers
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -443,6 +444,15 @@ def _seq_grad(d, shape, axis, dtype, what="d_outputs"):
     return g
 
 
+def _grad(name, d, shape, dtype):
+    """One gradient (None = zero) as an array of ``shape``, named in any error."""
+    if d is None:
+        return None
+    g = chk.array(name, d, dtype)
+    chk.shape(name, g, shape)
+    return g
+
+
 def _flatten(states) -> list:
     """Nested lists of states (as BidirectionalCell returns) -> a flat list."""
     if states is None:
@@ -509,6 +519,49 @@ def _unroll(cell, length, inputs, begin_state, layout, merge_outputs, training):
 
 
 _NUMPY_CREATORS = (np.zeros, np.ones, np.empty, np.full)
+
+
+class _Depth(threading.local):
+    n = 0
+
+
+_BWD_DEPTH = _Depth()  # nesting of backward calls in this thread (0: an outermost call)
+
+
+def _subtree(cell) -> list:
+    """cell and every cell inside it (children, base cells), each once."""
+    out, seen, todo = [], set(), [cell]
+    while todo:
+        c = todo.pop()
+        if not isinstance(c, BaseRNNCell) or id(c) in seen:
+            continue
+        seen.add(id(c))
+        out.append(c)
+        todo.extend(getattr(c, "_cells", ()))
+        todo.append(getattr(c, "base_cell", None))
+    return out
+
+
+def _save_backward_state(cell):
+    """What a backward of ``cell`` may change: every record list, ZoneoutCell's carried gradient
+    and every parameter gradient in its subtree."""
+    cells = _subtree(cell)
+    tapes = [(c, list(c._tape), c.__dict__.get("_carry")) for c in cells]
+    params = {id(p): p for c in cells for p in c._params._params.values()}
+    grads = [(p, p.grad, None if p.grad is None else p.grad.copy()) for p in params.values()]
+    return tapes, grads
+
+
+def _restore_backward_state(saved):
+    tapes, grads = saved
+    for c, tape, carry in tapes:
+        c._tape[:] = tape
+        if "_carry" in c.__dict__:
+            c._carry = carry
+    for p, arr, copy in grads:
+        if arr is not None:
+            arr[...] = copy  # in place: arrays the caller holds from params.grads stay valid
+        p.grad = arr
 
 
 def _make_state(func, name, shape, kwargs):
@@ -667,7 +720,9 @@ class BaseRNNCell:
             del self._tape[n_before:]
             self._tape.append(("loop", dict(steps=steps, axis=axis, was_list=was_list,
                                             x_shape=x.shape, dtype=x.dtype,
-                                            out_shapes=[np.shape(o) for o in outputs])))
+                                            out_shapes=[np.shape(o) for o in outputs],
+                                            out_dtype=np.result_type(*outputs) if outputs
+                                            else x.dtype)))
         merge = (not was_list) if merge_outputs is None else merge_outputs
         return (np.stack(outputs, axis=axis) if merge else outputs), states
 
@@ -683,7 +738,20 @@ class BaseRNNCell:
                 "training=True) or a step with training=True first (each backward consumes the "
                 "latest one)")
         entry = self._tape[-1]  # consumed only when backward succeeds: a bad call can be retried
-        result = getattr(self, "_bwd_" + entry[0])(entry[1], d_outputs, d_states)
+        # A composite cell's children consume their records and add their gradients one by one: if
+        # one fails, the outermost backward puts every record and gradient back as it was.
+        saved = None
+        if _BWD_DEPTH.n == 0 and not isinstance(self, _ATOMIC_BACKWARD):
+            saved = _save_backward_state(self)
+        _BWD_DEPTH.n += 1
+        try:
+            result = getattr(self, "_bwd_" + entry[0])(entry[1], d_outputs, d_states)
+        except BaseException:
+            if saved is not None:
+                _restore_backward_state(saved)
+            raise
+        finally:
+            _BWD_DEPTH.n -= 1
         for i in range(len(self._tape) - 1, -1, -1):
             if self._tape[i] is entry:
                 del self._tape[i]
@@ -707,14 +775,22 @@ class BaseRNNCell:
 
     def _bwd_loop(self, rec, d_outputs, d_states):
         axis, T = rec["axis"], rec["x_shape"][rec["axis"]]
+        shapes, dt = rec["out_shapes"], rec["out_dtype"]
         if d_outputs is None:
             dys = [None] * T
         elif isinstance(d_outputs, (list, tuple)):
             if len(d_outputs) != T:
                 raise ValueError(f"d_outputs: expected {T} per-step arrays, got {len(d_outputs)}")
-            dys = list(d_outputs)
+            dys = [_grad(f"d_outputs[{t}]", d, shapes[t], dt) for t, d in enumerate(d_outputs)]
         else:
-            dys = _steps(np.asarray(d_outputs), axis)
+            if len(set(shapes)) > 1:
+                raise ValueError(f"d_outputs: the steps' outputs have different shapes {shapes}; "
+                                 "give a list of per-step gradients")
+            stacked = shapes[0][:axis] + (T,) + shapes[0][axis:] if T else None
+            g = chk.array("d_outputs", d_outputs, dt)
+            if stacked is not None:
+                chk.shape("d_outputs", g, stacked, "(the shape of the outputs)")
+            dys = _steps(g, axis)
         steps = rec["steps"]
         if steps and len(steps) != T:
             raise RuntimeError(f"{type(self).__name__}.backward: {len(steps)} step records for "
@@ -1251,6 +1327,10 @@ def _check_cell(cell):
     return cell
 
 
+
+_ATOMIC_BACKWARD = (_GateCell, FusedRNNCell)  # check everything before changing anything
+
+
 class SequentialRNNCell(BaseRNNCell):
     """Cells stacked: each one's output is the next one's input (MXNet's SequentialRNNCell).
     ``unroll`` unrolls each child over the whole sequence in turn (one fused call per built-in
@@ -1473,8 +1553,8 @@ class DropoutCell(BaseRNNCell):
     def _bwd_drop(self, rec, d_outputs, d_states):
         axis = rec["axis"]
         if axis is None:
-            d = np.zeros(rec["shape"], rec["dtype"]) if d_outputs is None else \
-                np.asarray(d_outputs, dtype=rec["dtype"])
+            d = _grad("d_output", d_outputs, rec["shape"], rec["dtype"])  # one step's
+            d = np.zeros(rec["shape"], rec["dtype"]) if d is None else d
         else:
             d = _seq_grad(d_outputs, rec["shape"], axis, rec["dtype"])
             d = np.zeros(rec["shape"], rec["dtype"]) if d is None else d
@@ -1653,22 +1733,24 @@ class ZoneoutCell(ModifierCell):
         return output, new_states
 
     def _bwd_zone(self, rec, d_output, d_states):
+        d_output = _grad("d_output", d_output, rec["shape"], rec["dtype"])
+        ds = _state_grads(d_states, len(rec["keep_s"]), "ZoneoutCell")
+        ds = [g if k is None else _grad(f"d_states[{i}]", g, k.shape, None)
+              for i, (k, g) in enumerate(zip(rec["keep_s"], ds))]
         carry, self._carry = self._carry, None
-        d_out = _add(None if d_output is None else np.asarray(d_output, dtype=rec["dtype"]), carry)
+        d_out = _add(d_output, carry)
         keep_o = rec["keep_o"]
         d_next = d_out
         if keep_o is not None and d_out is not None:
             d_next = np.where(keep_o, d_out, 0)
             if rec["had_prev"]:  # the kept elements came from the previous step's output
                 self._carry = np.where(keep_o, 0, d_out)
-        ds = _state_grads(d_states, len(rec["keep_s"]), "ZoneoutCell")
         d_next_s, d_old_s = [], []
         for k, g in zip(rec["keep_s"], ds):
             if k is None or g is None:
                 d_next_s.append(g)
                 d_old_s.append(None)
             else:
-                g = np.asarray(g)
                 d_next_s.append(np.where(k, g, 0))
                 d_old_s.append(np.where(k, 0, g))
         d_in, d_before = self.base_cell.backward(d_next, d_next_s)
