@@ -136,6 +136,12 @@ def test_pad_sequences_special_cases_match_keras(keras_pad, seqs, kw):
         ([[1]], dict(maxlen=2.0), "maxlen"),
         ([[1]], dict(dtype="not-a-dtype"), "dtype"),
         ([[1, 2]], dict(maxlen=0), "maxlen"),  # s[-0:] keeps everything
+        ([[1], [2]], dict(maxlen=2**62), "maxlen"),  # more bytes than an array can have
+        ([[1, "a"], [3]], {}, "sequences[0]"),
+        ([[3], [object()]], {}, "sequences[1]"),
+        ([[3], [{}]], dict(dtype="float32"), "sequences[1]"),
+        ([[1]], dict(value=None), "value"),
+        ([[1]], dict(value=[1, 2]), "value"),
     ],
 )
 def test_pad_sequences_errors_match_keras(keras_pad, seqs, kw, argname):

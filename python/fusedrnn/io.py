@@ -445,6 +445,16 @@ def _pre_or_post(name: str, value) -> str:
     return str(value)
 
 
+def _named(name, what, fn, *args, **kw):
+    """fn(*args, **kw); NumPy's conversion errors re-raised as the same type, naming ``name``."""
+    try:
+        return fn(*args, **kw)
+    except (TypeError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        kind = ValueError if isinstance(exc, ValueError) else TypeError
+        raise kind(f"{name}: expected {what} ({first})") from exc
+
+
 def pad_sequences(
     sequences, maxlen=None, dtype="int32", padding="pre", truncating="pre", value=0.0
 ):
@@ -494,8 +504,10 @@ def pad_sequences(
         try:
             lengths.append(len(s))
             if sample_shape is None and len(s):
-                sample_shape = np.asarray(s).shape[1:]
+                sample_shape = _named("sequences[%d]" % i, "an array", np.asarray, s).shape[1:]
         except TypeError as exc:
+            if str(exc).startswith("sequences["):
+                raise
             raise ValueError(
                 f"sequences[{i}]: expected a sequence, got non-iterable {type(s).__name__} {s!r}"
             ) from exc
@@ -515,12 +527,24 @@ def pad_sequences(
             f"value: a string {value!r} needs dtype=object or a string dtype, got dtype {dtype!r}"
         )
 
-    out = np.full((len(sequences), maxlen) + sample_shape, value, dtype=dtype)
+    shape = (len(sequences), maxlen) + sample_shape
+    try:
+        out = np.full(shape, value, dtype=dtype)
+    except (ValueError, MemoryError) as exc:  # the type NumPy (so Keras) raises, with the names
+        if isinstance(exc, ValueError) and "too big" not in str(exc):
+            raise ValueError(f"value: {value!r} cannot fill a {np.dtype(dtype)} array: {exc}") \
+                from exc
+        kind = ValueError if isinstance(exc, ValueError) else MemoryError
+        raise kind(f"maxlen: the padded array of shape {shape} ({np.dtype(dtype)}) cannot be "
+                   f"allocated ({str(exc).splitlines()[0][:100]})") from exc
+    except TypeError as exc:
+        raise TypeError(f"value: {value!r} cannot fill a {np.dtype(dtype)} array: {exc}") from exc
     for i, s in enumerate(sequences):
         if not len(s):
             continue
         kept = s[-maxlen:] if truncating == "pre" else s[:maxlen]
-        kept = np.asarray(kept, dtype=dtype)
+        kept = _named(f"sequences[{i}]", f"values convertible to {np.dtype(dtype)}",
+                      np.asarray, kept, dtype=dtype)
         if kept.shape[1:] != sample_shape:
             raise ValueError(
                 f"sequences[{i}]: elements of shape {kept.shape[1:]}, expected {sample_shape} "
