@@ -270,6 +270,23 @@ def test_rnn_wrapper_ragged_mask(x_ntc):
         r(x_ntc, mask=RAGGED)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: fusedrnn.LSTM(3, return_sequences=True),
+    lambda: fusedrnn.SimpleRNN(3, return_sequences=True, unroll=True),
+    lambda: fusedrnn.RNN(fusedrnn.GRUCell(3), return_sequences=True),
+    lambda: fusedrnn.Bidirectional(fusedrnn.GRU(3, return_sequences=True)),
+], ids=["LSTM", "SimpleRNN-unrolled", "RNN(GRUCell)", "Bidirectional"])
+def test_layer_nan_mask_is_refused(make, x_ntc):
+    layer = make()
+    m = np.ones((N, T), np.float32)
+    m[N - 1, 1] = 0.0
+    want = layer(x_ntc, mask=m.astype(bool))
+    np.testing.assert_array_equal(layer(x_ntc, mask=m), want)  # 0/1 numbers: bools, as in Keras
+    m[N - 1, T - 1] = np.nan  # neither True nor False (NumPy's bool(nan) would say True)
+    with pytest.raises(ValueError, match=rf"^mask: .* NaN at \({N - 1}, {T - 1}\)"):
+        layer(x_ntc, mask=m)
+
+
 def test_stateful_layer_wrong_batch(x_ntc):
     layer = fusedrnn.GRU(3, stateful=True)
     layer(x_ntc)

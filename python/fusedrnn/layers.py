@@ -266,9 +266,28 @@ _CALL_KEYWORDS_NONE = ("kernel_regularizer", "recurrent_regularizer", "bias_regu
                        "bias_constraint")
 
 
+def _bool_mask(mask, N, T):
+    """mask -> (N, T) bools, or None. Numbers count as True when non-zero, as in Keras; a NaN,
+    which is neither, is refused."""
+    if mask is None:
+        return None
+    m = chk.array("mask", mask)
+    if m.dtype != np.bool_:
+        if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
+            raise TypeError(f"mask: expected bools (N, T), got dtype {m.dtype}")
+        if m.dtype.kind == "f" and np.isnan(m).any():
+            where = tuple(int(i) for i in np.argwhere(np.isnan(m))[0])
+            raise ValueError(f"mask: expected bools (or numbers, non-zero meaning True), got NaN "
+                             f"at {where}")
+        m = m != 0
+    chk.shape("mask", m, (N, T), "(N, T)")
+    return m
+
+
 # --------------------------------------------------------------------------------------------------
 # The single-direction layers
 # --------------------------------------------------------------------------------------------------
+
 
 
 class _TrainRecord:
@@ -554,15 +573,7 @@ class _RNN:
         return x.astype(self.dtype, copy=False)
 
     def _check_mask(self, mask, N, T):
-        if mask is None:
-            return None
-        m = chk.array("mask", mask)
-        if m.dtype != np.bool_:
-            if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
-                raise TypeError(f"mask: expected bools (N, T), got dtype {m.dtype}")
-            m = m != 0
-        chk.shape("mask", m, (N, T), "(N, T)")
-        return m
+        return _bool_mask(mask, N, T)
 
     def _training(self, training) -> bool:
         return False if training is None else chk.flag("training", training)
@@ -2197,15 +2208,7 @@ class RNN:
         return (h, *[st if forms[i] else st[0] for i, st in enumerate(per_cell)])
 
     def _check_loop_mask(self, mask, N, T):
-        if mask is None:
-            return None
-        m = chk.array("mask", mask)
-        if m.dtype != np.bool_:
-            if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
-                raise TypeError(f"mask: expected bools (N, T), got dtype {m.dtype}")
-            m = m != 0
-        chk.shape("mask", m, (N, T), "(N, T)")
-        return m
+        return _bool_mask(mask, N, T)
 
     def _call_loop(self, inputs, initial_state, mask, training):
         cell, cname = self.cell, type(self.cell).__name__
