@@ -585,6 +585,11 @@ def test_errors_name_the_argument():
         ft.GRU(3, 4, dropout=1.5)
     with pytest.raises(TypeError, match=r"hidden_size: expected an int, got float 4.0"):
         ft.GRU(3, 4.0)
+    # NumPy integers are refused, as torch.nn refuses them
+    with pytest.raises(TypeError, match=r"input_size: expected an int, got int64"):
+        ft.LSTM(np.int64(3), 4)
+    with pytest.raises(TypeError, match=r"input_size should be of type int"):
+        torch.nn.LSTM(np.int64(3), 4)
     with pytest.raises(ValueError, match=r"num_layers: expected an int >= 1, got 0"):
         ft.GRU(3, 4, num_layers=0)
     with pytest.raises(TypeError, match=r"parameters: fusedrnn.torch computes in float32 or "
