@@ -164,6 +164,8 @@ std::string blas_config() {
   return cfg ? std::string(cfg) : std::string();
 }
 
+bool whole_calls() { return t_whole_calls; }
+
 WholeCalls::WholeCalls() : saved_(t_whole_calls) { t_whole_calls = true; }
 WholeCalls::~WholeCalls() { t_whole_calls = saved_; }
 

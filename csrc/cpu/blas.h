@@ -24,6 +24,9 @@ int set_blas_num_threads(int n);
 
 // While one lives on a thread, that thread's GEMMs are single BLAS calls, not cut into blocks: the
 // unrolled executor's lanes (one core each) hold one, where the blocks would only add calls.
+// Whether this thread holds a WholeCalls (cpu/packed_gemm.cpp follows it too).
+bool whole_calls();
+
 class WholeCalls {
  public:
   WholeCalls();

@@ -2,7 +2,14 @@
 // file builds with the baseline flags and they run only where the CPU has AVX2 and FMA.
 #include "packed_gemm.h"
 
+#include <algorithm>
+
+#include "blas.h"
 #include "cell.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -13,13 +20,43 @@ namespace fusedrnn::cpu {
 
 namespace {
 constexpr int64_t kNr = 16;  // columns per panel
+// Below this many multiply-adds a product runs on the calling thread (a fork-join costs 1-2 us).
+constexpr int64_t kSplitMacs = 1 << 16;
+
+// The threads to share `panels` panels over: 1 inside a team, on a lane (WholeCalls) or for a
+// small product. Every panel is computed the same way whichever thread runs it, so the results do
+// not depend on the thread count.
+int team_size(int64_t panels, int64_t macs) {
+#ifdef _OPENMP
+  if (whole_calls() || omp_in_parallel() || macs < kSplitMacs) return 1;
+  return static_cast<int>(std::min<int64_t>(blas_num_threads(), panels));
+#else
+  (void)panels, (void)macs;
+  return 1;
+#endif
 }
+
+// f(first_panel, end_panel) over contiguous shares of the panels, one per thread of the team.
+template <typename F>
+void over_panels(int64_t panels, int64_t macs, F&& f) {
+  const int nt = team_size(panels, macs);
+  if (nt <= 1) return f(int64_t(0), panels);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    f(panels * t / n, panels * (t + 1) / n);
+  }
+#endif
+}
+}  // namespace
 
 int64_t packed_size(int64_t N, int64_t K) { return (N + kNr - 1) / kNr * kNr * K; }
 
 void pack_b(bool trans, const float* B, int64_t ldb, int64_t N, int64_t K, float* packed) {
   const int64_t panels = (N + kNr - 1) / kNr;
-  for (int64_t p = 0; p < panels; ++p) {
+  over_panels(panels, N * K, [&](int64_t first, int64_t end) {
+  for (int64_t p = first; p < end; ++p) {
     float* dst = packed + p * K * kNr;
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t c = 0; c < kNr; ++c) {
@@ -28,6 +65,7 @@ void pack_b(bool trans, const float* B, int64_t ldb, int64_t N, int64_t K, float
       }
     }
   }
+  });
 }
 
 #ifdef FUSEDRNN_PACKED_X86
@@ -135,7 +173,11 @@ bool packed_gemm_available() { return use_avx2(); }
 
 void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* packed,
                  bool accumulate, float* C, int64_t ldc) {
-  gemm_avx2(M, N, K, A, lda, packed, accumulate, C, ldc);
+  over_panels((N + kNr - 1) / kNr, M * N * K, [&](int64_t first, int64_t end) {
+    const int64_t n = std::min(N, end * kNr) - first * kNr;
+    if (n > 0)
+      gemm_avx2(M, n, K, A, lda, packed + first * kNr * K, accumulate, C + first * kNr, ldc);
+  });
 }
 
 #else  // no x86: never available, and a plain loop keeps the symbol defined
