@@ -446,7 +446,8 @@ def _pre_or_post(name: str, value) -> str:
 
 
 def _named(name, what, fn, *args, **kw):
-    """fn(*args, **kw); NumPy's conversion errors re-raised as the same type, naming ``name``."""
+    """fn(*args, **kw); NumPy's conversion errors re-raised as ValueError or TypeError (their kind,
+    as Keras raises them) with a message naming ``name``."""
     try:
         return fn(*args, **kw)
     except (TypeError, ValueError) as exc:

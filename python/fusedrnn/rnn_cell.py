@@ -1327,7 +1327,6 @@ def _check_cell(cell):
     return cell
 
 
-
 _ATOMIC_BACKWARD = (_GateCell, FusedRNNCell)  # check everything before changing anything
 
 
